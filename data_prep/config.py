@@ -1,0 +1,152 @@
+"""Typed configuration of a shard job (``configs/shard/*.yaml``).
+
+Loaded with the project's strict loader (:func:`pvq_model.config.from_dict`): unknown keys and wrong
+types are errors naming the key path. Overrides are ``key.path=value`` strings with YAML values:
+``load_shard_config("configs/shard/default.yaml", ["clips.max_clips_per_video=4"])``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pvq_model.config import PAPER_FRAMES, PAPER_SCALES, ConfigError, from_dict, read_yaml
+
+
+@dataclass
+class ClipConfig:
+    lengths: list[int] = field(default_factory=lambda: list(PAPER_FRAMES))
+    """Clip lengths in frames; each a multiple of 16 (the latent's T/16)."""
+    length_policy: str = "longest"
+    """``longest``: every window takes the longest configured length that still fits in the
+    remaining frames; ``random``: a fitting length drawn from seed + source id + window index."""
+    stride: int | None = None
+    """Frames between window starts; ``null`` = back to back (the window's own length). Windows never
+    overlap: a stride shorter than the window is raised to the window's length."""
+    max_clips_per_video: int = 8
+    pad_short: bool = False
+    """Videos shorter than the shortest length: one zero-padded clip (loader masks the padding) if
+    true, else an error row with reason ``too_short``."""
+    min_frames: int = 1
+    """With ``pad_short``, videos with fewer decodable frames than this are still ``too_short``."""
+
+
+@dataclass
+class BucketConfig:
+    scales: list[list[int]] = field(default_factory=lambda: [list(s) for s in PAPER_SCALES])
+    """(W, H) resolution buckets; default the paper's ten."""
+    max_upscale: float = 1.0
+    """A source may be enlarged at most by this factor to fill a bucket (1.0 = never upscale)."""
+
+
+@dataclass
+class EncodeConfig:
+    codec: str = "h264"
+    """``h264`` (libx264, yuv420p, ``crf``) or ``lossless`` (libx264 qp 0, yuv444p)."""
+    crf: int = 18
+    preset: str = "veryfast"
+    threads: int = 1
+    """ffmpeg threads per encode; the job runs ``ray.num_cpus`` encodes side by side."""
+    jpeg_quality: int = 2
+    """ffmpeg ``-q:v`` for images (2 = best)."""
+    tmp_dir: str = "/dev/shm"
+    """Fast scratch for downloads and encodes (falls back to the system temp dir if missing)."""
+
+
+@dataclass
+class ShardWriteConfig:
+    maxcount: int = 1000
+    """Samples per tar at most."""
+    maxsize: int = 1 << 30
+    """Bytes per tar at most (a single larger sample still gets its own tar)."""
+    val_fraction: float = 0.01
+    """Fraction of *sources* (not clips) that go to ``val``; by a hash of seed + source id."""
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None
+    """``null``: start a local cluster (127.0.0.1); else ``auto`` / ``ray://host:port``."""
+    num_cpus: int = 2
+    object_store_memory: int = 2 << 30
+    sources_per_task: int = 4
+    """Sources handled by one Ray task (fewer, larger tasks amortise the per-task overhead)."""
+
+
+@dataclass
+class ShardConfig:
+    seed: int = 42
+    clips: ClipConfig = field(default_factory=ClipConfig)
+    buckets: BucketConfig = field(default_factory=BucketConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    shards: ShardWriteConfig = field(default_factory=ShardWriteConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    hash_sources: bool = True
+    """sha256 of every source (metadata, and change detection in ``refresh``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the bytes of a clip (not Ray or tar-size settings)."""
+        d = self.to_dict()
+        keep = {"seed": d["seed"], "clips": d["clips"], "buckets": d["buckets"],
+                "encode": {k: v for k, v in d["encode"].items() if k not in ("tmp_dir", "threads")}}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def validate(cfg: ShardConfig) -> None:
+    """Cross-field checks; each error names the key path and the fix."""
+    c = cfg.clips
+    if not c.lengths or any(n <= 0 or n % 16 for n in c.lengths):
+        raise ConfigError(f"clips.lengths: {c.lengths} must be non-empty multiples of 16 (e.g. [16, 32, 48, 96])")
+    if c.length_policy not in ("longest", "random"):
+        raise ConfigError(f"clips.length_policy: {c.length_policy!r}; use 'longest' or 'random'")
+    if c.stride is not None and c.stride <= 0:
+        raise ConfigError("clips.stride: must be a positive number of frames or null")
+    if c.max_clips_per_video < 1:
+        raise ConfigError("clips.max_clips_per_video: at least 1")
+    if not cfg.buckets.scales or any(len(s) != 2 or min(s) <= 0 or s[0] % 2 or s[1] % 2
+                                     for s in cfg.buckets.scales):
+        raise ConfigError("buckets.scales: a list of [W, H] pairs of positive even numbers")
+    if cfg.buckets.max_upscale < 1.0:
+        raise ConfigError("buckets.max_upscale: at least 1.0 (1.0 = never upscale)")
+    if cfg.encode.codec not in ("h264", "lossless"):
+        raise ConfigError(f"encode.codec: {cfg.encode.codec!r}; use 'h264' or 'lossless'")
+    if cfg.shards.maxcount < 1 or cfg.shards.maxsize < 1:
+        raise ConfigError("shards.maxcount / shards.maxsize: must be positive")
+    if not 0.0 <= cfg.shards.val_fraction < 1.0:
+        raise ConfigError("shards.val_fraction: in [0, 1)")
+
+
+def shard_config_from_dict(data: dict[str, Any]) -> ShardConfig:
+    cfg = from_dict(ShardConfig, data)
+    validate(cfg)
+    return cfg
+
+
+def load_shard_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ShardConfig:
+    """Load a :class:`ShardConfig` from YAML (or defaults when ``path`` is None) plus overrides."""
+    data = read_yaml(path) if path is not None else {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key.path=value")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    try:
+        return shard_config_from_dict(data)
+    except ConfigError as e:
+        where = f" in {path}" if path is not None else ""
+        raise ConfigError(f"{e}{where}") from None

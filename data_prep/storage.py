@@ -1,0 +1,200 @@
+"""One set of file operations for local paths and ``s3://`` (fsspec / s3fs), with atomic writes.
+
+S3 settings come from the usual AWS environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_DEFAULT_REGION``) plus ``AWS_ENDPOINT_URL`` for an S3-compatible server (MinIO, moto).
+:func:`s3_env` returns those variables so a driver can hand them to Ray workers.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import tempfile
+import uuid
+from contextlib import contextmanager
+from typing import Iterator
+
+import fsspec
+
+S3_ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
+               "AWS_ENDPOINT_URL", "AWS_PROFILE")
+
+
+class StorageError(OSError):
+    """A path cannot be read or written; the message names the path and the likely fix."""
+
+
+def s3_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in S3_ENV_KEYS if k in os.environ}
+
+
+def apply_env(env: dict[str, str] | None) -> None:
+    for k, v in (env or {}).items():
+        os.environ[k] = v
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def strip_file(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def fs_of(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path without protocol) for ``uri``."""
+    uri = strip_file(uri)
+    if uri.startswith("s3://"):
+        opts: dict = {"use_listings_cache": False, "skip_instance_cache": False}
+        if os.environ.get("AWS_ENDPOINT_URL"):
+            opts["client_kwargs"] = {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}
+        fs = fsspec.filesystem("s3", **opts)
+        return fs, uri[len("s3://"):]
+    if "://" in uri:
+        proto = uri.split("://", 1)[0]
+        return fsspec.filesystem(proto), uri
+    return fsspec.filesystem("file"), os.path.abspath(uri)
+
+
+def _with_proto(uri: str, path: str) -> str:
+    return f"s3://{path}" if strip_file(uri).startswith("s3://") else path
+
+
+def join(base: str, *parts: str) -> str:
+    if is_remote(base):
+        return posixpath.join(base, *parts)
+    return os.path.join(strip_file(base), *parts)
+
+
+def dirname(uri: str) -> str:
+    return posixpath.dirname(uri.rstrip("/")) if is_remote(uri) else os.path.dirname(os.path.abspath(strip_file(uri)))
+
+
+def _wrap(uri: str, e: Exception) -> StorageError:
+    hint = ""
+    text = str(e)
+    if uri.startswith("s3://") and any(w in text for w in ("credentials", "Credentials", "AccessDenied",
+                                                           "InvalidAccessKeyId", "Forbidden", "403")):
+        hint = " (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_ENDPOINT_URL)"
+    return StorageError(f"{uri}: {type(e).__name__}: {text}{hint}")
+
+
+def exists(uri: str) -> bool:
+    fs, p = fs_of(uri)
+    try:
+        return fs.exists(p)
+    except Exception as e:  # noqa: BLE001 - credentials/endpoint errors become StorageError
+        raise _wrap(uri, e) from None
+
+
+def isdir(uri: str) -> bool:
+    fs, p = fs_of(uri)
+    try:
+        return fs.isdir(p)
+    except Exception as e:  # noqa: BLE001
+        raise _wrap(uri, e) from None
+
+
+def find(uri: str) -> list[str]:
+    """All files under ``uri``, sorted, with the protocol kept."""
+    fs, p = fs_of(uri)
+    try:
+        return sorted(_with_proto(uri, f) for f in fs.find(p))
+    except Exception as e:  # noqa: BLE001
+        raise _wrap(uri, e) from None
+
+
+def info(uri: str) -> dict:
+    """``{"size": int, "version": str}``: version is the mtime (local) or the ETag (S3)."""
+    fs, p = fs_of(uri)
+    i = fs.info(p)
+    version = i.get("ETag") or i.get("etag") or i.get("mtime") or i.get("LastModified") or ""
+    return {"size": int(i.get("size") or 0), "version": str(version).strip('"')}
+
+
+def read_bytes(uri: str, start: int | None = None, end: int | None = None) -> bytes:
+    fs, p = fs_of(uri)
+    try:
+        return fs.cat_file(p, start=start, end=end)
+    except Exception as e:  # noqa: BLE001
+        raise _wrap(uri, e) from None
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8", errors="replace")
+
+
+def open_read(uri: str):
+    fs, p = fs_of(uri)
+    return fs.open(p, "rb")
+
+
+@contextmanager
+def atomic_write(uri: str) -> Iterator:
+    """Open ``uri`` for binary writing; it appears under its name only once complete.
+
+    Local: a hidden temporary file in the same folder, renamed over the target on success (removed on
+    error). S3: objects are only visible after the upload completes, so we write the key directly.
+    """
+    fs, p = fs_of(uri)
+    if is_remote(uri):
+        with fs.open(p, "wb") as f:
+            yield f
+        return
+    os.makedirs(os.path.dirname(p), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(p), f".{os.path.basename(p)}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    with atomic_write(uri) as f:
+        f.write(data)
+
+
+def remove_temporaries(uri: str) -> int:
+    """Delete leftover ``.*.tmp-*`` files of killed writers under a local folder; returns the count."""
+    if is_remote(uri) or not os.path.isdir(strip_file(uri)):
+        return 0
+    n = 0
+    for root, _, files in os.walk(strip_file(uri)):
+        for name in files:
+            if name.startswith(".") and ".tmp-" in name:
+                os.unlink(os.path.join(root, name))
+                n += 1
+    return n
+
+
+def rm_tree(uri: str) -> None:
+    fs, p = fs_of(uri)
+    if fs.exists(p):
+        fs.rm(p, recursive=True)
+
+
+@contextmanager
+def local_copy(uri: str, tmp_dir: str) -> Iterator[str]:
+    """A local file path for ``uri``: the path itself when local, else a temporary download."""
+    if not is_remote(uri):
+        yield strip_file(uri)
+        return
+    d = tempfile.mkdtemp(prefix="pvq-src-", dir=scratch_dir(tmp_dir))
+    try:
+        local = os.path.join(d, "src" + posixpath.splitext(uri.split("?")[0])[1])
+        fs, p = fs_of(uri)
+        fs.get_file(p, local)
+        yield local
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def scratch_dir(preferred: str) -> str:
+    return preferred if preferred and os.path.isdir(preferred) and os.access(preferred, os.W_OK) else tempfile.gettempdir()

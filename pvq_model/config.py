@@ -1,0 +1,382 @@
+"""Typed configuration tree for PVQ-VAE.
+
+One dataclass tree, loaded from YAML by :func:`load_config`. Unknown keys and wrong types are
+errors that name the full key path (``model.encoder.chanels: unknown key; known keys: ...``).
+Overrides use dotted paths with YAML values: ``load_config("configs/debug.yaml",
+["quantizer.num_levels=3", "train.seed=7"])``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# The ten (W, H) training resolutions of the paper (supplementary §1.1) and its frame counts.
+PAPER_SCALES: tuple[tuple[int, int], ...] = (
+    (256, 256), (512, 512), (768, 512), (1024, 512), (1024, 1024),
+    (1024, 2048), (2048, 2048), (1280, 720), (1920, 1080), (3840, 2160),
+)
+PAPER_FRAMES: tuple[int, ...] = (16, 32, 48, 96)
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key path and the fix."""
+
+
+@dataclass
+class EncoderConfig:
+    channels: list[int] = field(default_factory=lambda: [64, 128, 256, 256, 512])
+    """Width after each of the 5 down-sampling blocks."""
+    temporal_downsample: list[bool] = field(default_factory=lambda: [False, True, True, True, True])
+    """Which blocks also halve time; exactly four of five, giving T/16 (the first keeps frames, so
+    the alignment loss sees frame-wise features)."""
+    num_res_blocks: int = 2
+    fft: bool = True
+    """FFT branch (global structure): a spectral filter on the deepest blocks."""
+    fft_blocks: list[int] = field(default_factory=lambda: [2, 3, 4])
+    fft_modes: list[int] = field(default_factory=lambda: [2, 8, 8])
+    """Lowest (t, h, w) frequencies the spectral filter keeps (per sign for t and h)."""
+    dwt: bool = True
+    """DWT branch (local detail): Haar sub-bands of the input injected into the first blocks."""
+    dwt_levels: int = 3
+
+
+@dataclass
+class DecoderConfig:
+    channels: list[int] = field(default_factory=lambda: [512, 256, 128])
+    """Width of each of the 3 up-sampling blocks."""
+    temporal_upsample: list[bool] = field(default_factory=lambda: [True, True, True])
+    num_res_blocks: int = 2
+    out_patch: list[int] = field(default_factory=lambda: [2, 4, 4])
+    """(t, h, w) factor of the final projection (depth-to-space) back to pixels."""
+
+
+@dataclass
+class QuantizerConfig:
+    type: str = "pvq"
+    """One of vq, gvq, lfq, rvq, psvq, rvq_lfq, pvq (Table 1 of the paper)."""
+    codebook_size: int = 65536
+    dim: int = 16
+    num_levels: int = 4
+    """Residual levels for rvq / rvq_lfq / psvq / pvq."""
+    pyramid_scales: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
+    """Relative latent size of each pyramid level (psvq / pvq); the last must be 1.0."""
+    commitment_weight: float = 0.25
+    entropy_weight: float = 0.1
+    """LFQ: weight of (per-sample entropy - diversity * batch entropy)."""
+    diversity_weight: float = 1.0
+    entropy_temperature: float = 0.01
+    entropy_group_bits: int = 8
+    """LFQ: the batch entropy is computed exactly within groups of this many bits (2**bits codes
+    per group) and summed over groups; equal to the exact formula when it equals ``dim``."""
+    gumbel_temperature: float = 1.0
+    gumbel_kl_weight: float = 5e-4
+    fusion_mix: float = 0.5
+    """Pyramidal token fusion: out = (1 - mix) * up(q) + mix * conv(up(q))."""
+
+
+@dataclass
+class AlignmentConfig:
+    weight: float = 0.0
+    """0 disables the contrastive alignment to the 2D VAE teacher."""
+    teacher_path: str | None = None
+    """Local directory of a diffusers AutoencoderKL (e.g. FLUX.1 ``vae/``)."""
+    teacher_channels: int = 16
+    """Latent channels of the teacher (16 for the FLUX VAE)."""
+    proj_dim: int = 64
+    grid: int = 4
+    temperature: float = 0.1
+    max_tokens: int = 4096
+
+
+@dataclass
+class LossConfig:
+    recon_weight: float = 1.0
+    recon_type: str = "l1"
+    perceptual_weight: float = 0.1
+    quantizer_weight: float = 1.0
+    adversarial_weight: float = 0.1
+    adversarial_start_step: int = 50_000
+    adversarial_type: str = "hinge"
+
+
+@dataclass
+class DiscriminatorConfig:
+    channels: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
+    """One 3D conv stage (conv, BatchNorm3d, SiLU, max-pool) per entry."""
+
+
+@dataclass
+class LPIPSConfig:
+    backbone_weights: str | None = None
+    """torchvision-format AlexNet weights (``alexnet-owt-7be5be79.pth``), a local path."""
+    linear_weights: str | None = None
+    """LPIPS v0.1 linear-layer weights (``lpips/weights/v0.1/alex.pth``), a local path."""
+
+
+@dataclass
+class ModelConfig:
+    in_channels: int = 3
+    latent_dim: int = 16
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    gradient_checkpointing: bool = True
+
+
+@dataclass
+class InferenceConfig:
+    tile_size: int = 256
+    """Spatial tile (pixels, multiple of 32) for tiled encode/decode."""
+    tile_overlap: int = 64
+    chunk_frames: int = 32
+    """Temporal chunk (frames, multiple of 16)."""
+    chunk_overlap: int = 16
+    tile_halo: int = 64
+    """Extra context (pixels, multiple of 32) encoded around each tile and then cropped away."""
+    chunk_halo: int = 16
+    """Extra context (frames, multiple of 16) around each temporal chunk when encoding."""
+    decode_halo: int = 256
+    """Context (pixels) around each decoded tile; at least the decoder's receptive radius (about 8
+    latent positions = 256 px at the default widths) makes tiled decoding exact."""
+    decode_halo_frames: int = 32
+
+
+@dataclass
+class DataConfig:
+    scales: list[list[int]] = field(default_factory=lambda: [list(s) for s in PAPER_SCALES])
+    """(W, H) resolution buckets, sampled uniformly per step."""
+    frames: list[int] = field(default_factory=lambda: list(PAPER_FRAMES))
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 42
+    steps: int = 800_000
+    lr: float = 1e-5
+    warmup_steps: int = 10_000
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    micro_batch: int = 4
+    grad_accum: int = 4
+    world_size: int = 64
+    nodes: int = 8
+    gpus_per_node: int = 8
+    global_batch: int = 1024
+    precision: str = "bf16"
+    zero_stage: int = 3
+    reduce_bucket_gib: float = 5.0
+    checkpoint_every: int = 5_000
+
+
+@dataclass
+class PVQConfig:
+    name: str = "pvq-vae"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+    lpips: LPIPSConfig = field(default_factory=LPIPSConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# Generic, strict dataclass <- dict conversion
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and return it converted (lists, dataclasses)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
+        return from_dict(tp, value, path)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        (item_tp,) = typing.get_args(tp)[:1] or (Any,)
+        return [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            # YAML 1.1 reads "1e-5" as a string; accept numeric strings for floats.
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported annotation {tp!r}")
+
+
+def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise :class:`ConfigError`."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        key_path = f"{path}.{key}" if path else str(key)
+        if key not in hints:
+            raise ConfigError(f"{key_path}: unknown key; known keys here: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], key_path)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a config YAML, following an optional top-level ``base: other.yaml`` (relative path)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    base = data.pop("base", None)
+    if base is not None:
+        data = _deep_merge(read_yaml(path.parent / base), data)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PVQConfig:
+    """Load and validate a :class:`PVQConfig` from YAML plus ``key.path=value`` overrides."""
+    data = read_yaml(path) if path is not None else {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key.path=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+    try:
+        cfg = from_dict(PVQConfig, data)
+    except ConfigError as e:
+        where = f" in {path}" if path is not None else ""
+        raise ConfigError(f"{e}{where}") from None
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> PVQConfig:
+    cfg = from_dict(PVQConfig, data)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: PVQConfig) -> None:
+    """Cross-field checks; each error names the key path and the fix."""
+    enc, dec, q = cfg.model.encoder, cfg.model.decoder, cfg.quantizer
+    if len(enc.channels) != 5 or len(enc.temporal_downsample) != 5:
+        raise ConfigError("model.encoder.channels / temporal_downsample: the encoder has exactly 5 blocks")
+    if sum(enc.temporal_downsample) != 4:
+        raise ConfigError("model.encoder.temporal_downsample: exactly 4 of 5 blocks halve time (T/16)")
+    if len(dec.channels) != 3 or len(dec.temporal_upsample) != 3:
+        raise ConfigError("model.decoder.channels / temporal_upsample: the decoder has exactly 3 blocks")
+    pt, ph, pw = dec.out_patch
+    if pt * 2 ** sum(dec.temporal_upsample) != 16 or ph * 8 != 32 or pw * 8 != 32:
+        raise ConfigError("model.decoder.out_patch: 3 up-blocks x out_patch must undo T/16 x H/32 x W/32")
+    if not 0 <= enc.dwt_levels <= 4:
+        raise ConfigError("model.encoder.dwt_levels: between 0 and 4")
+    if any(not 0 <= b < 5 for b in enc.fft_blocks):
+        raise ConfigError("model.encoder.fft_blocks: block indices are 0..4")
+    if q.dim != cfg.model.latent_dim:
+        raise ConfigError(
+            f"quantizer.dim ({q.dim}) must equal model.latent_dim ({cfg.model.latent_dim}): "
+            "the latent is quantized as it is")
+    known = ("vq", "gvq", "lfq", "rvq", "psvq", "rvq_lfq", "pvq")
+    if q.type not in known:
+        raise ConfigError(f"quantizer.type: {q.type!r} is not one of {', '.join(known)}")
+    if q.type in ("lfq", "rvq_lfq", "pvq") and q.codebook_size != 2 ** q.dim:
+        raise ConfigError(
+            f"quantizer.codebook_size: a lookup-free quantizer with dim {q.dim} has 2**{q.dim} = "
+            f"{2 ** q.dim} codes, not {q.codebook_size}")
+    if q.type in ("lfq", "rvq_lfq", "pvq") and not 1 <= q.entropy_group_bits <= min(q.dim, 16):
+        raise ConfigError("quantizer.entropy_group_bits: between 1 and min(dim, 16)")
+    if q.type in ("psvq", "pvq"):
+        if len(q.pyramid_scales) != q.num_levels or q.pyramid_scales[-1] != 1.0:
+            raise ConfigError("quantizer.pyramid_scales: one entry per level, the last 1.0")
+        if any(not 0 < s <= 1 for s in q.pyramid_scales):
+            raise ConfigError("quantizer.pyramid_scales: entries in (0, 1]")
+    if q.num_levels < 1:
+        raise ConfigError("quantizer.num_levels: at least 1")
+    inf = cfg.inference
+    if inf.tile_size % 32 or inf.tile_overlap % 32 or inf.tile_overlap >= inf.tile_size:
+        raise ConfigError("inference.tile_size / tile_overlap: multiples of 32, overlap < tile")
+    if inf.chunk_frames % 16 or inf.chunk_overlap % 16 or inf.chunk_overlap >= inf.chunk_frames:
+        raise ConfigError("inference.chunk_frames / chunk_overlap: multiples of 16, overlap < chunk")
+    if inf.tile_halo % 32 or inf.decode_halo % 32 or inf.chunk_halo % 16 or inf.decode_halo_frames % 16:
+        raise ConfigError("inference.*_halo: pixel halos are multiples of 32, frame halos of 16")
+    for i, s in enumerate(cfg.data.scales):
+        if len(s) != 2:
+            raise ConfigError(f"data.scales[{i}]: expected [W, H]")
+    if any(f % 16 for f in cfg.data.frames):
+        raise ConfigError("data.frames: multiples of 16")
+    t = cfg.train
+    if t.micro_batch * t.grad_accum * t.world_size != t.global_batch:
+        raise ConfigError(
+            f"train.global_batch: micro_batch {t.micro_batch} x grad_accum {t.grad_accum} x "
+            f"world_size {t.world_size} = {t.micro_batch * t.grad_accum * t.world_size}, "
+            f"not {t.global_batch}")
+    if t.nodes * t.gpus_per_node != t.world_size:
+        raise ConfigError("train.world_size: must equal train.nodes x train.gpus_per_node")
+    if cfg.alignment.weight > 0 and not cfg.alignment.teacher_path:
+        raise ConfigError("alignment.teacher_path: required when alignment.weight > 0 "
+                          "(a local diffusers AutoencoderKL directory)")

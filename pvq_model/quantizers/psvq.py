@@ -1,0 +1,19 @@
+"""PSVQ: the pyramidal multi-scale residual quantizer of PVQ with VQ codebooks instead of LFQ
+(the paper's Table-1 ablation "replacing LFQ with standard VQ in our PVQ framework")."""
+
+from __future__ import annotations
+
+from .residual import ConvFusion, ResidualQuantizer
+from .vq import VectorQuantizer
+
+
+class PyramidVQ(ResidualQuantizer):
+    def __init__(self, *, dim: int, codebook_size: int, scales: list[float], fusion_mix: float = 0.5,
+                 commitment_weight: float = 0.25):
+        super().__init__(
+            levels=[VectorQuantizer(dim=dim, codebook_size=codebook_size, commitment_weight=commitment_weight)
+                    for _ in scales],
+            scales=scales,
+            fusions=[ConvFusion(dim, fusion_mix) for _ in scales],
+            commitment_weight=commitment_weight,
+        )
