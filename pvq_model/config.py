@@ -142,9 +142,11 @@ class InferenceConfig:
     chunk_halo: int = 16
     """Extra context (frames, multiple of 16) around each temporal chunk when encoding."""
     decode_halo: int = 256
-    """Context (pixels) around each decoded tile; at least the decoder's receptive radius (about 8
-    latent positions = 256 px at the default widths) makes tiled decoding exact."""
-    decode_halo_frames: int = 32
+    """Context (pixels) around each decoded tile; at least the decoder's receptive radius (8
+    latent positions = 256 px for the paper decoder, 6 for debug) makes tiled decoding exact."""
+    decode_halo_frames: int = 128
+    """Context (frames) around each decoded chunk; the temporal radius is 8 latent frames, so the
+    default decodes clips of up to 96 frames whole in time and tiles only in space."""
 
 
 @dataclass

@@ -69,10 +69,12 @@ class DWTBranch(nn.Module):
 
 
 def _signed_modes(n: int, m: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """FFT positions with |frequency| < m along an axis of length n, and their weight slots (f + m)."""
-    freq = torch.fft.fftfreq(n, d=1.0 / n, device=device).round().long()
-    keep = (freq >= -m) & (freq < m)
-    return keep.nonzero().squeeze(1), freq[keep] + m
+    """FFT positions with |frequency| < m along an axis of length n (frequency -m included), and
+    their weight slots (f + m). Computed from the sizes alone, so it also works on the meta device."""
+    freqs = [i if i < (n + 1) // 2 else i - n for i in range(n)]
+    keep = [(i, f + m) for i, f in enumerate(freqs) if -m <= f < m]
+    pos, slot = zip(*keep)
+    return torch.tensor(pos, device=device), torch.tensor(slot, device=device)
 
 
 class FFTBranch(nn.Module):

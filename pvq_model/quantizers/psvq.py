@@ -11,8 +11,8 @@ class PyramidVQ(ResidualQuantizer):
     def __init__(self, *, dim: int, codebook_size: int, scales: list[float], fusion_mix: float = 0.5,
                  commitment_weight: float = 0.25):
         super().__init__(
-            levels=[VectorQuantizer(dim=dim, codebook_size=codebook_size, commitment_weight=commitment_weight)
-                    for _ in scales],
+            levels=[VectorQuantizer(dim=dim, codebook_size=codebook_size, commitment_weight=commitment_weight,
+                                    init_seed=k) for k in range(len(scales))],
             scales=scales,
             fusions=[ConvFusion(dim, fusion_mix) for _ in scales],
             commitment_weight=commitment_weight,

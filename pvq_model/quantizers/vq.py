@@ -24,9 +24,10 @@ def nearest_code(flat: Tensor, codebook: Tensor, chunk: int = 8192) -> Tensor:
 class VectorQuantizer(Quantizer):
     """Plain VQ with codebook loss ``|sg(z) - e|^2`` and commitment ``beta |z - sg(e)|^2``."""
 
-    def __init__(self, *, dim: int, codebook_size: int, commitment_weight: float = 0.25):
+    def __init__(self, *, dim: int, codebook_size: int, commitment_weight: float = 0.25, init_seed: int = 0):
         super().__init__()
         self.dim, self.codebook_size, self.commitment_weight = dim, codebook_size, commitment_weight
+        self.init_seed = init_seed  # residual levels use different seeds: see data_init
         self.codebook = nn.Parameter(torch.randn(codebook_size, dim) / dim**0.5)
 
     def forward(self, z: Tensor) -> QuantizerOutput:
@@ -47,11 +48,13 @@ class VectorQuantizer(Quantizer):
 
     @torch.no_grad()
     def data_init(self, z: Tensor) -> None:
-        """Codebook <- a fixed-seed random sample of the batch's latent vectors (repeated with small
-        noise when the batch has fewer vectors than codes). Deterministic: the same ``z`` always
-        gives the same codebook, and ``data_init(z / s)`` gives that codebook / s."""
+        """Codebook <- a random sample of the batch's latent vectors, drawn with ``init_seed``
+        (repeated with small noise when the batch has fewer vectors than codes). Deterministic: the
+        same ``z`` gives the same codebook, and ``data_init(z / s)`` gives that codebook / s.
+        Residual levels need distinct seeds: a level sampled at the positions the previous level
+        copied exactly would only see zero residuals."""
         flat = rearrange(z.float(), "b d t h w -> (b t h w) d")
-        gen = torch.Generator(device="cpu").manual_seed(0)
+        gen = torch.Generator(device="cpu").manual_seed(self.init_seed)
         pick = torch.randint(0, flat.shape[0], (self.codebook_size,), generator=gen)
         noise = torch.randn(self.codebook_size, self.dim, generator=gen).to(flat)
         scale = flat.std().clamp_min(1e-6) * 1e-2
