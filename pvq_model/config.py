@@ -131,7 +131,7 @@ class ModelConfig:
 
 @dataclass
 class InferenceConfig:
-    tile_size: int = 256
+    tile_size: int = 512
     """Spatial tile (pixels, multiple of 32) for tiled encode/decode."""
     tile_overlap: int = 64
     chunk_frames: int = 32
