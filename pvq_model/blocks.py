@@ -31,8 +31,25 @@ class ChannelNorm(nn.Module):
         return y.to(x.dtype)
 
 
-def conv3(cin: int, cout: int, stride: tuple[int, int, int] = (1, 1, 1)) -> nn.Conv3d:
-    return nn.Conv3d(cin, cout, 3, stride=stride, padding=1)
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` whose weights follow the input's dtype, with a CPU bf16 workaround.
+
+    * Inside fp32 regions (quantizers, spectral branches) a bf16 engine's weights are cast to the
+      fp32 input instead of the module being converted (which would break ZeRO-3 partitions).
+    * torch 2.13's CPU bf16 Conv3d backward returns garbage weight gradients for some small shapes
+      (measured: (2, 32, 2, 2, 3) input gives |grad| ~ 1e37 where fp32 gives 12.6; see
+      tests/test_model.py::test_conv3d_bf16_cpu_gradients). On CPU, bf16 convolutions therefore
+      run in fp32 and return bf16; on GPU they run natively in bf16.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = torch.float32 if (x.device.type == "cpu" and x.dtype == torch.bfloat16) else x.dtype
+        bias = self.bias.to(dtype) if self.bias is not None else None
+        return self._conv_forward(x.to(dtype), self.weight.to(dtype), bias).to(x.dtype)
+
+
+def conv3(cin: int, cout: int, stride: tuple[int, int, int] = (1, 1, 1)) -> Conv3d:
+    return Conv3d(cin, cout, 3, stride=stride, padding=1)
 
 
 class ResBlock3d(nn.Module):
@@ -42,7 +59,7 @@ class ResBlock3d(nn.Module):
         super().__init__()
         self.norm1, self.conv1 = ChannelNorm(cin), conv3(cin, cout)
         self.norm2, self.conv2 = ChannelNorm(cout), conv3(cout, cout)
-        self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
+        self.skip = Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))

@@ -177,6 +177,22 @@ class TrainConfig:
     zero_stage: int = 3
     reduce_bucket_gib: float = 5.0
     checkpoint_every: int = 5_000
+    data_path: str | None = None
+    """Shard dataset (``pvq data shard`` output, local or s3://). ``None``: synthetic clips drawn
+    per step with the same (bucket, frames) schedule (tests, benchmarks, demo without data)."""
+    data_buckets: list[str] | None = None
+    """Bucket names ("WxH") to train on; default every bucket of the dataset."""
+    num_workers: int = 0
+    fixed_batch: bool = False
+    """Repeat the first batch every step (overfitting checks)."""
+    log_every: int = 1
+    dist_timeout_s: int = 1800
+    """Timeout of every collective, so a rank stuck in rank-0-only work fails loudly."""
+    persistence_threshold: int | None = None
+    """ZeRO-3 ``stage3_param_persistence_threshold``; 0 shards even tiny test models."""
+    mlflow_tracking_uri: str | None = None
+    """Default: env MLFLOW_TRACKING_URI, else sqlite in the run directory."""
+    mlflow_experiment: str = "pvq-vae"
 
 
 @dataclass

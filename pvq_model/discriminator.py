@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .blocks import Conv3d
 from .config import DiscriminatorConfig
 
 
@@ -15,7 +16,7 @@ class Discriminator3D(nn.Module):
         cin = in_channels
         for i, cout in enumerate(cfg.channels):
             layers += [
-                nn.Conv3d(cin, cout, 3, padding=1),
+                Conv3d(cin, cout, 3, padding=1),
                 nn.BatchNorm3d(cout),
                 nn.SiLU(),
                 # keep time at first (clips may have 16 frames only), then pool it too

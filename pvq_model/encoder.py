@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import ChannelNorm, Checkpointed, DownBlock, ResBlock3d, conv3
+from .blocks import ChannelNorm, Checkpointed, Conv3d, DownBlock, ResBlock3d, conv3
 from .config import ModelConfig
 from .spectral import DWTBranch, FFTBranch
 
@@ -36,7 +36,7 @@ class Encoder(nn.Module):
             {str(i): FFTBranch(ch[i], e.fft_modes) for i in e.fft_blocks} if e.fft else {})
         self.mid = Checkpointed(ResBlock3d(ch[-1], ch[-1]))
         self.norm_out = ChannelNorm(ch[-1])
-        self.conv_out = nn.Conv3d(ch[-1], cfg.latent_dim, 1)
+        self.conv_out = Conv3d(ch[-1], cfg.latent_dim, 1)
 
     def forward(self, x: Tensor) -> EncoderOutput:
         """``x`` (B, C, T, H, W) with T % 16 == 0 and H, W % 32 == 0 -> :class:`EncoderOutput`."""

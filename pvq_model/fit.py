@@ -45,6 +45,6 @@ def fit(model: PVQVAE, clips: list[Tensor], steps: int, lr: float | None = None,
         opt.step()
         losses.append(float(loss.detach()))
         if callback is not None:
-            callback(step, {k: float(v) for k, v in parts.items()})
+            callback(step, {k: float(v.detach()) for k, v in parts.items()})
     model.eval()
     return losses

@@ -10,7 +10,8 @@
   all-low band gives the next level. Each level's sub-bands are projected and added to the encoder
   block of the same resolution, handing it the high-frequency detail that strided convolutions blur.
 
-Both run in fp32 outside autocast (FFTs and wavelet sums are precision-sensitive).
+Both run in fp32 outside autocast (FFTs and wavelet sums are precision-sensitive); their
+projections are :class:`~pvq_model.blocks.Conv3d`, whose weights follow the input dtype.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from .blocks import Conv3d
 from .quantizers.base import fp32
 
 
@@ -54,7 +56,7 @@ class DWTBranch(nn.Module):
         super().__init__()
         self.temporal = list(temporal)
         self.proj = nn.ModuleList(
-            nn.Conv3d(in_channels * (8 if t else 4), w, 1) for w, t in zip(widths, temporal))
+            Conv3d(in_channels * (8 if t else 4), w, 1) for w, t in zip(widths, temporal))
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """``x`` (B, C, T, H, W) -> one feature map per level, level l at the l-th block's size."""
@@ -64,7 +66,7 @@ class DWTBranch(nn.Module):
             for proj, temporal in zip(self.proj, self.temporal):
                 bands = haar_dwt(low, temporal)  # (B, C, S, T', H', W')
                 low = bands[:, :, 0]
-                feats.append(proj.float()(rearrange(bands, "b c s t h w -> b (c s) t h w")))
+                feats.append(proj(rearrange(bands, "b c s t h w -> b (c s) t h w")))
         return [f.to(x.dtype) for f in feats]
 
 
@@ -88,7 +90,7 @@ class FFTBranch(nn.Module):
         weight = torch.zeros(channels, 2 * mt, 2 * mh, mw, 2)
         weight[..., 0] = 1.0
         self.weight = nn.Parameter(weight + 0.02 * torch.randn_like(weight))
-        self.proj = nn.Conv3d(channels, channels, 1)
+        self.proj = Conv3d(channels, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         with fp32(x.device.type):
@@ -103,5 +105,5 @@ class FFTBranch(nn.Module):
             out = torch.zeros_like(spec)
             out[:, :, sel[0], sel[1], sel[2]] = spec[:, :, sel[0], sel[1], sel[2]] * filt
             glob = torch.fft.irfftn(out, s=(t, h, w), dim=(-3, -2, -1), norm="ortho")
-            y = xf + self.proj.float()(glob)
+            y = xf + self.proj(glob)
         return y.to(x.dtype)

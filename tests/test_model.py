@@ -134,3 +134,20 @@ def test_discriminator_shapes_and_bn(cfg):
     assert logits.shape == (3,)
     logits.sum().backward()
     assert disc.head.weight.grad is not None
+
+
+@pytest.mark.parametrize("shape", [(2, 32, 2, 2, 3), (2, 32, 2, 4, 6), (1, 8, 1, 2, 2)])
+def test_conv3d_bf16_cpu_gradients(shape):
+    """torch's CPU bf16 Conv3d backward is wrong for these shapes; our Conv3d must not be."""
+    from pvq_model.blocks import Conv3d
+
+    torch.manual_seed(0)
+    ref = Conv3d(shape[1], 32, 3, padding=1)
+    x = torch.randn(*shape)
+    ref(x).square().sum().backward()
+    low = Conv3d(shape[1], 32, 3, padding=1).bfloat16()
+    low.load_state_dict({k: v.bfloat16() for k, v in ref.state_dict().items()})
+    y = low(x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    y.float().square().sum().backward()
+    assert torch.allclose(low.weight.grad.float(), ref.weight.grad, rtol=0.05, atol=0.05 * ref.weight.grad.abs().max())

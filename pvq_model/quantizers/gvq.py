@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import Tensor, nn
 
+from ..blocks import Conv3d
 from .base import Quantizer, QuantizerOutput, code_stats, fp32
 
 
@@ -22,12 +23,12 @@ class GumbelQuantizer(Quantizer):
         super().__init__()
         self.dim, self.codebook_size = dim, codebook_size
         self.temperature, self.kl_weight = temperature, kl_weight
-        self.proj = nn.Conv3d(dim, codebook_size, 1)
+        self.proj = Conv3d(dim, codebook_size, 1)
         self.codebook = nn.Parameter(torch.randn(codebook_size, dim) / dim**0.5)
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         with fp32(z.device.type):
-            logits = self.proj.float()(z.float())  # (B, K, t, h, w)
+            logits = self.proj(z.float())  # (B, K, t, h, w), fp32 weights
             if self.training:
                 onehot = F.gumbel_softmax(logits, tau=self.temperature, hard=True, dim=1)
             else:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..blocks import Conv3d
 from .base import Quantizer, QuantizerOutput, fp32
 
 
@@ -32,7 +33,7 @@ class ConvFusion(nn.Module):
     def __init__(self, dim: int, mix: float):
         super().__init__()
         self.mix = mix
-        self.conv = nn.Conv3d(dim, dim, 3, padding=1, bias=False)
+        self.conv = Conv3d(dim, dim, 3, padding=1, bias=False)  # weights follow the fp32 input
 
     def forward(self, x: Tensor) -> Tensor:
         return (1 - self.mix) * x + self.mix * self.conv(x)

@@ -1,0 +1,40 @@
+"""Batches for training: the shard loader (``data_prep.loader``) or synthetic clips that follow the
+same per-step (bucket, frames) schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from data_prep.loader import make_loader, step_choice
+
+from ..config import PVQConfig
+from ..demo import synthetic_clip
+
+
+def synthetic_batches(cfg: PVQConfig, rank: int, start_step: int) -> Iterator[dict]:
+    """Deterministic synthetic batches: step s on rank r is a pure function of (seed, s, r)."""
+    buckets = [f"{w}x{h}" for w, h in cfg.data.scales]
+    step = start_step
+    while True:
+        bucket, frames = step_choice(cfg.train.seed, 0 if cfg.train.fixed_batch else step, buckets, cfg.data.frames)
+        w, h = (int(v) for v in bucket.split("x"))
+        base = 0 if cfg.train.fixed_batch else step
+        clips = [synthetic_clip(cfg.train.seed + 7919 * (base * 131 + rank * 17 + i), frames, h, w)
+                 for i in range(cfg.train.micro_batch)]
+        video = torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3).float().div(127.5).sub(1)
+        yield {"video": video, "mask": torch.ones(len(clips), frames, dtype=torch.bool),
+               "bucket": bucket, "frames": frames, "step": step, "caption": [""] * len(clips)}
+        step += 1
+
+
+def training_batches(cfg: PVQConfig, rank: int, world_size: int, start_step: int) -> Iterator[dict]:
+    """Micro-batches from ``start_step`` (a micro-step index) on; resumable without replay."""
+    t = cfg.train
+    if t.data_path is None:
+        return synthetic_batches(cfg, rank, start_step)
+    return iter(make_loader(t.data_path, split="train", batch_size=t.micro_batch, frames=cfg.data.frames,
+                            buckets=t.data_buckets, seed=t.seed, rank=rank, world_size=world_size,
+                            start_step=start_step, num_workers=t.num_workers))

@@ -1,0 +1,232 @@
+"""The training loop: generator and discriminator as two DeepSpeed ZeRO-3 engines, EMA, checkpoints,
+exact resume, MLflow logging, export of the consolidated fp32 EMA weights.
+
+Run it as ``python -m pvq_model.train --config CONFIG --out RUN`` (one process) or under torchrun /
+srun / the deepspeed launcher (see ``launch.py``): it reads RANK, WORLD_SIZE, LOCAL_RANK and
+MASTER_ADDR/PORT from the environment.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from ..config import PVQConfig
+from ..discriminator import Discriminator3D
+from ..fit import seed_everything
+from ..losses import PVQLoss
+from ..perceptual import build_lpips
+from ..vae import PVQVAE
+from . import checkpoint as ckpt
+from .data import training_batches
+from .ds_config import build_ds_config
+from .ema import EMA
+from .tracking import MLflowLogger, git_state, package_versions
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(cfg: PVQConfig) -> tuple[int, int, torch.device]:
+    """Initialise torch.distributed through DeepSpeed (gloo on CPU, nccl on GPU); a lone process
+    becomes a world of one on 127.0.0.1."""
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo",
+                               timeout=datetime.timedelta(seconds=cfg.train.dist_timeout_s))
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+@dataclass
+class TrainResult:
+    step: int
+    losses: list[float] = field(default_factory=list)
+    export_dir: Path | None = None
+    run_id: str | None = None
+
+
+class _Stop:
+    """SIGTERM/SIGINT set a flag; the loop checkpoints and exits at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+
+def _broadcast_module(module: torch.nn.Module) -> None:
+    if dist.get_world_size() > 1:
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, src=0)
+
+
+def train(cfg: PVQConfig, out: Path, *, max_steps: int | None = None, resume: bool = True,
+          data_version: str | None = None) -> TrainResult:
+    """Train until ``cfg.train.steps`` (or ``max_steps`` optimizer steps in this call)."""
+    rank, world, device = init_distributed(cfg)
+    t = cfg.train
+    out = Path(out)
+    ckpt_root = out / "checkpoints"
+    seed_everything(t.seed)
+    stop = _Stop()
+
+    # ---- models (identical init on every rank: same seed; data_init on rank 0's batch, broadcast)
+    model = PVQVAE(cfg)
+    disc = Discriminator3D(cfg.discriminator, cfg.model.in_channels)
+    bf16 = t.precision == "bf16"
+    start_step = 0
+    tag = ckpt.latest(ckpt_root) if resume else None
+    if tag is None:
+        first = next(training_batches(cfg, 0, world, 0))
+        model.data_init(first["video"])
+        _broadcast_module(model)
+    ds_cfg = build_ds_config(cfg, world, persistence_threshold=t.persistence_threshold)
+    adam = dict(lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
+    engine_g, _, _, _ = deepspeed.initialize(model=model, optimizer=torch.optim.Adam(model.parameters(), **adam),
+                                             config=ds_cfg)
+    engine_d, _, _, _ = deepspeed.initialize(model=disc, optimizer=torch.optim.Adam(disc.parameters(), **adam),
+                                             config=ds_cfg)
+    # DeepSpeed's WarmupDecayLR starts one iteration behind (optimizer step s would use lr(s - 1));
+    # align it so that step s uses exactly lr(s) of the schedule (tested against schedule.lr_at).
+    for engine in (engine_g, engine_d):
+        engine.lr_scheduler.step(0)
+    ema = EMA(engine_g.module, t.ema_decay)
+    if tag is not None:
+        start_step = ckpt.load(ckpt_root, tag, engine_g, engine_d, ema, rank)
+
+    teacher = None
+    if cfg.alignment.weight > 0:
+        from ..alignment import load_teacher
+
+        teacher = load_teacher(cfg.alignment.teacher_path, device)
+    loss_fn = PVQLoss(cfg, lpips=build_lpips(cfg.lpips, device), teacher=teacher)
+
+    logger = None
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "deepspeed_config.json").write_text(json.dumps(ds_cfg, indent=2))
+        uri = t.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+        logger = MLflowLogger(uri, t.mlflow_experiment, run_name=f"{cfg.name}-{out.name}")
+        tags = {**git_state(), "data_version": str(data_version or t.data_path or "synthetic"),
+                "seed": str(t.seed), "world_size": str(world), "resumed_from": tag or "",
+                **{f"version.{k}": v for k, v in package_versions().items()}}
+        logger.log_setup(cfg.to_dict(), ds_cfg, tags)
+
+    end = t.steps if max_steps is None else min(t.steps, start_step + max_steps)
+    batches = training_batches(cfg, rank, world, start_step * t.grad_accum)
+    result = TrainResult(step=start_step, run_id=logger.run_id if logger else None)
+    bar = tqdm(total=end - start_step, desc="train", disable=rank != 0, dynamic_ncols=True)
+    heads = engine_g.module.alignment
+    status = "FAILED"
+    try:
+        for step in range(start_step, end):
+            tic = time.perf_counter()
+            lr = engine_g.get_lr()[0]  # the rate this step's update uses
+            wait = 0.0
+            parts_sum: dict[str, float] = {}
+            for _ in range(t.grad_accum):
+                w0 = time.perf_counter()
+                batch = next(batches)
+                wait += time.perf_counter() - w0
+                x = batch["video"].to(device)
+                mask = batch["mask"].to(device)
+                xin = x.bfloat16() if bf16 else x
+                # generator step, discriminator frozen (ZeRO-3 asserts otherwise)
+                disc_params = list(engine_d.module.parameters())
+                for p in disc_params:
+                    p.requires_grad_(False)
+                out_g = engine_g(xin)
+                adv = loss_fn.adversarial_active(step)
+                loss, parts = loss_fn.generator(x, out_g, mask, step, discriminator=engine_d if adv else None,
+                                                heads=heads)
+                engine_g.backward(loss)
+                engine_g.step()
+                for p in disc_params:
+                    p.requires_grad_(True)
+                if adv:
+                    d_loss, d_parts = loss_fn.discriminator(engine_d, xin, out_g.recon.detach())
+                    engine_d.backward(d_loss)
+                    engine_d.step()
+                    parts = {**parts, "d_loss": d_parts["d_loss"]}
+                for k, v in {**parts, **{f"quant/{k}": v for k, v in out_g.quant.stats.items()}}.items():
+                    parts_sum[k] = parts_sum.get(k, 0.0) + float(v.detach()) / t.grad_accum
+                parts_sum["loss"] = parts_sum.get("loss", 0.0) + float(loss.detach()) / t.grad_accum
+            ema.update(engine_g.module)
+            result.losses.append(parts_sum["loss"])
+            result.step = step + 1
+            dt = time.perf_counter() - tic
+            if logger is not None and (step % t.log_every == 0 or step + 1 == end):
+                grad_norm = engine_g.get_global_grad_norm()
+                metrics = {**parts_sum, "lr": lr, "step_time_s": dt,
+                           "data_wait_fraction": wait / max(dt, 1e-9),
+                           "samples_per_s": t.micro_batch * t.grad_accum * world / max(dt, 1e-9)}
+                if grad_norm is not None:
+                    metrics["grad_norm"] = float(grad_norm)
+                logger.log_metrics(metrics, step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{parts_sum['loss']:.4f}", bucket=batch["bucket"], frames=batch["frames"])
+            stop_now = _agree(stop.requested)
+            if (step + 1) % t.checkpoint_every == 0 or step + 1 == end or stop_now:
+                ckpt.save(ckpt_root, step + 1, engine_g, engine_d, ema, rank)
+            if stop_now:
+                status = "KILLED"
+                return result
+        result.export_dir = export_ema(cfg, ema, out / "export", rank, extra={"step": result.step})
+        if logger is not None:
+            logger.log_artifacts(result.export_dir, "export")
+        status = "FINISHED"
+        return result
+    finally:
+        bar.close()
+        if logger is not None:
+            logger.close(status)
+
+
+def _agree(flag: bool) -> bool:
+    """True on every rank if any rank got a stop signal (so all ranks checkpoint together)."""
+    if dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+def export_ema(cfg: PVQConfig, ema: EMA, directory: Path, rank: int, extra: dict | None = None) -> Path:
+    """Consolidated fp32 EMA weights as a ``PVQVAE.from_pretrained`` directory (rank 0 writes;
+    every rank waits at the barrier so none times out)."""
+    if rank == 0:
+        model = PVQVAE(cfg)
+        state = model.state_dict()
+        state.update({k: v for k, v in ema.state_dict().items() if k in state})
+        model.load_state_dict(state)
+        tmp = directory.with_name(directory.name + ".tmp")
+        model.save_pretrained(tmp, extra=extra)
+        if directory.exists():
+            import shutil
+
+            shutil.rmtree(directory)
+        tmp.rename(directory)
+    ckpt.barrier()
+    return directory
