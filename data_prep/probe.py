@@ -54,7 +54,10 @@ def probe(path: str, kind: str = "video") -> Probe:
     if kind == "image":
         return _probe_image(path)
     try:
-        info = ffmpeg.probe(path, count_packets=None, select_streams="v:0")
+        info = ffmpeg.probe(path, select_streams="v:0")
+        streams = [s for s in info.get("streams", []) if s.get("codec_type") == "video"]
+        if streams and not int(streams[0].get("nb_frames") or 0):  # no frame count in the header: count packets
+            info = ffmpeg.probe(path, count_packets=None, select_streams="v:0")
     except ffmpeg.Error as e:
         msg = (e.stderr or b"").decode(errors="replace").strip().splitlines()
         return Probe(error="unreadable", detail=f"ffprobe cannot read {path}: {msg[-1] if msg else e}")
@@ -63,7 +66,7 @@ def probe(path: str, kind: str = "video") -> Probe:
         return Probe(error="no_video_stream", detail=f"no video stream in {path}")
     s = streams[0]
     fmt = info.get("format", {})
-    frames = int(s.get("nb_read_packets") or s.get("nb_frames") or 0)
+    frames = int(s.get("nb_read_packets") or s.get("nb_frames") or 0)  # header count (mp4) or packets
     fps = _rate(s.get("avg_frame_rate")) or _rate(s.get("r_frame_rate"))
     duration = float(s.get("duration") or fmt.get("duration") or 0.0)
     p = Probe(width=int(s.get("width") or 0), height=int(s.get("height") or 0), fps=fps, frames=frames,

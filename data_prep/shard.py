@@ -1,17 +1,18 @@
 """The shard job: sources -> probe -> clips -> bucket -> encode -> webdataset tars + manifests.
 
-Two Ray Data stages, each one fused ``map_batches``:
+A Ray Data stage (one fused ``map_batches``) then a packing stage:
 
 1. ``process_sources`` (per group of sources): download if remote, probe, sha256, plan windows,
    pick the bucket and the split, then one ffmpeg per source cuts and encodes all its clips into a
    local work cache (one folder per source, renamed into place when complete, so a killed job
    resumes without redoing finished sources). Only small metadata goes back to the driver.
-2. ``write_shards`` (per planned shard): packs cached clips into ``{bucket}/{split}-{n:06d}.tar``
-   (temporary name, then rename; S3 objects appear only once uploaded) and writes its manifest.
+2. ``write_shard`` (per planned shard, a few driver threads: it is pure I/O): packs cached clips into
+   ``{bucket}/{split}-{n:06d}.tar`` (temporary name, then rename; S3 objects appear only once
+   uploaded) and then writes its manifest.
 
-Between them, the driver plans the shards deterministically (clips sorted by bucket, split, key,
-rolled over by ``maxcount``/``maxsize``), so a rerun - after a crash or not - gives byte-identical
-shards. :func:`refresh` reuses everything unchanged and writes a new version.
+Between them, the driver plans the shards deterministically (clips grouped by bucket and split,
+ordered by a hash of seed and key, rolled over by ``maxcount``/``maxsize``), so a rerun - after a
+crash or not - gives byte-identical shards. :func:`refresh` reuses everything unchanged and writes a new version.
 """
 
 from __future__ import annotations
@@ -61,10 +62,16 @@ class JobResult:
 
 def ensure_ray(cfg: ShardConfig) -> None:
     """Start (or join) Ray with the settings that keep it on 127.0.0.1 (DESIGN §5)."""
-    import ray
-
-    for k, v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}.items():
+    local = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    if not cfg.ray.address:
+        # Without this, Ray 2.60 picks the node IP "from the perspective" of an outside address and
+        # binds its GCS/raylet on every interface; with it, everything stays on 127.0.0.1.
+        local["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    for k, v in local.items():
         os.environ.setdefault(k, v)
+    import ray
+    import ray._private.ray_constants as ray_constants
+
     if ray.is_initialized():
         return
     r = cfg.ray
@@ -73,8 +80,8 @@ def ensure_ray(cfg: ShardConfig) -> None:
     if r.address:
         ray.init(address=r.address, **kwargs)
     else:
-        ray.init(num_cpus=r.num_cpus, object_store_memory=r.object_store_memory,
-                 _node_ip_address="127.0.0.1", **kwargs)
+        ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before the env was set
+        ray.init(num_cpus=r.num_cpus, object_store_memory=r.object_store_memory, **kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
@@ -146,6 +153,12 @@ def _process_into(item: dict, source: dict, cfg: ShardConfig, tmp: str) -> dict:
                 return fail(p.error, p.detail)
             if cfg.hash_sources:
                 source["sha256"] = sha256_file(path)
+            windows = []
+            if item["kind"] == "video":
+                windows = plan_windows(p.frames, cfg.clips, seed=cfg.seed, source_id=item["id"])
+                if not windows:
+                    return fail("too_short", f"{p.frames} frames < {min(cfg.clips.lengths)} (clips.pad_short is "
+                                             f"{cfg.clips.pad_short}): {item['uri']}")
             scale = choose_bucket(p.width, p.height, cfg.buckets.scales, cfg.buckets.max_upscale)
             if scale is None:
                 return fail("too_small", f"{p.width}x{p.height} cannot fill any bucket without upscaling more "
@@ -162,10 +175,6 @@ def _process_into(item: dict, source: dict, cfg: ShardConfig, tmp: str) -> dict:
                 clips.append({**base, "key": f"{stem}_000000", "start": 0, "frames": 1, "length": 16,
                               "ext": "jpg", "file": out.path, "bytes": os.path.getsize(out.path)})
             else:
-                windows = plan_windows(p.frames, cfg.clips, seed=cfg.seed, source_id=item["id"])
-                if not windows:
-                    return fail("too_short", f"{p.frames} frames < {min(cfg.clips.lengths)} (clips.pad_short is "
-                                             f"{cfg.clips.pad_short}): {item['uri']}")
                 encoded = encode_video(path, windows, crop, p.fps, cfg.encode, tmp)
                 for w, e in zip(windows, encoded):
                     key = f"{stem}_{w.start:06d}"
@@ -214,14 +223,19 @@ class _HashingWriter:
 
 def plan_shards(clips: list[dict], cfg: ShardConfig, start_index: dict[tuple[str, str], int] | None = None
                 ) -> list[dict]:
-    """Group clips into shards: sorted by (bucket, split, key), rolled over by maxcount / maxsize."""
+    """Group clips into shards per (bucket, split), rolled over by maxcount / maxsize.
+
+    Within a group the order is a hash of seed and key: deterministic, and clips of one video are
+    spread over the shards instead of sitting next to each other (better-mixed batches).
+    """
     start_index = start_index or {}
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for c in clips:
         groups[(c["bucket"], c["split"])].append(c)
     plans = []
     for (bucket, split) in sorted(groups):
-        items = sorted(groups[(bucket, split)], key=lambda c: c["key"])
+        items = sorted(groups[(bucket, split)],
+                       key=lambda c: hashlib.sha1(f"{cfg.seed}:{c['key']}".encode()).hexdigest())
         n = start_index.get((bucket, split), 0)
         cur, size = [], 0
         for c in items:
@@ -261,10 +275,21 @@ def write_shard(plan: dict, out: str, version: str) -> dict:
             "bytes": sum(r["bytes"] for r in rows), "sha256": hw.h.hexdigest(), "version": version}
 
 
-def write_shards_batch(batch: dict, out: str, version: str, env: dict) -> dict:
-    storage.apply_env(env)
-    rows = [json.dumps(write_shard(json.loads(p), out, version)) for p in batch["plan"]]
-    return {"row": np.array(rows, dtype=object)}
+def _write_all(plans: list[dict], out: str, version: str, progress: Callable[[int], None] | None,
+               threads: int = 4) -> list[dict]:
+    """Write the planned shards from the driver with a few threads.
+
+    Packing is I/O only (read cached clips, write/upload the tar), so threads suffice; this saves a
+    second Ray Data executor start (1-2 s) and keeps the node-local work cache readable.
+    """
+    def one(plan: dict) -> dict:
+        row = write_shard(plan, out, version)
+        if progress:
+            progress(1)
+        return row
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, plans))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -352,9 +377,7 @@ def _extract_carried(samples: list[dict], out: str, dest: str) -> list[dict]:
 def _finish(out: str, version: str, cfg: ShardConfig, plans: list[dict], kept_shards: list[dict],
             kept_samples: list[dict], sources: list[dict], errors: list[dict], t0: float, t_encode: float,
             n_processed: int, progress: Callable | None, parent: str | None, extra: dict | None = None) -> dict:
-    env = storage.s3_env()
-    new_rows = _run_ray(plans, write_shards_batch, "plan", 1, {"out": out, "version": version, "env": env},
-                        progress)
+    new_rows = _write_all(plans, out, version, progress)
     shards = sorted(kept_shards + new_rows, key=lambda r: (r["bucket"], r["split"], r["shard"]))
     samples = [{k: v for k, v in s.items() if k not in ("path", "file")} for s in kept_samples]
     for p in plans:
@@ -391,6 +414,8 @@ def _finish(out: str, version: str, cfg: ShardConfig, plans: list[dict], kept_sh
 
 def _encode_stage(items: list[dict], cfg: ShardConfig, work_dir: str, progress: Callable | None
                   ) -> tuple[list[dict], list[dict], list[dict]]:
+    # largest first (by bytes): the long encodes start early and the short ones fill the tail
+    items = sorted(items, key=lambda i: -max(i.get("size", 0), 0))
     results = _run_ray(items, process_sources_batch, "item", cfg.ray.sources_per_task,
                        {"cfg": cfg.to_dict(), "work_dir": work_dir, "env": storage.s3_env()}, progress)
     clips, sources, errors = [], [], []
@@ -422,12 +447,20 @@ def shard(sources: list[str], out: str, cfg: ShardConfig, *, progress: Callable[
     stats = _finish(out, version, cfg, plans, [], [], srcs, errors, t0, t_encode, len(items),
                     progress and progress("shards", len(plans)), None)
     if not keep_work:
-        shutil.rmtree(work, ignore_errors=True)
+        _drop_work(work)
     return JobResult(out, version, True, f"wrote {version}: {stats['samples']} samples in {stats['shards']} "
                                          f"shards, {stats['errors']} errors", stats)
 
 
-def _changed(old: dict, new: dict) -> bool:
+def _drop_work(work: str) -> None:
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        os.removedirs(os.path.dirname(work))  # the now empty _work / pvq-shard-work/<tag> folders
+    except OSError:
+        pass
+
+
+def _changed(old: dict, new: dict, tmp_dir: str) -> bool:
     if old["uri"] != new["uri"] or old["caption"] != new["caption"] or old["kind"] != new["kind"]:
         return True
     if old["size"] != new["size"]:
@@ -437,7 +470,7 @@ def _changed(old: dict, new: dict) -> bool:
     if new["size"] < 0 or not old.get("sha256"):  # missing both times / no hash to compare
         return new["size"] >= 0
     try:
-        with storage.local_copy(new["uri"], "/dev/shm") as path:
+        with storage.local_copy(new["uri"], tmp_dir) as path:
             return sha256_file(path) != old["sha256"]
     except (OSError, storage.StorageError):
         return True
@@ -455,7 +488,8 @@ def refresh(sources: list[str], out: str, cfg: ShardConfig, *,
     items = stat_sources(list_sources(sources))
     old_sources = {s["id"]: s for s in prev["sources"]}
     new_by_id = {i["id"]: i for i in items}
-    changed = {i["id"] for i in items if i["id"] in old_sources and _changed(old_sources[i["id"]], i)}
+    changed = {i["id"] for i in items
+               if i["id"] in old_sources and _changed(old_sources[i["id"]], i, cfg.encode.tmp_dir)}
     added = {i["id"] for i in items if i["id"] not in old_sources}
     removed = {sid for sid in old_sources if sid not in new_by_id}
     same_cfg = prev["stats"].get("config_fingerprint") == cfg.fingerprint()
@@ -496,6 +530,6 @@ def refresh(sources: list[str], out: str, cfg: ShardConfig, *,
                     progress and progress("shards", len(plans)), prev["version"],
                     {"added": len(added), "changed": len(changed), "removed": len(removed)})
     if not keep_work:
-        shutil.rmtree(work, ignore_errors=True)
+        _drop_work(work)
     return JobResult(out, version, True, f"wrote {version}: +{len(added)} new, {len(changed)} changed, "
                                          f"-{len(removed)} removed sources; {stats['samples']} samples", stats)

@@ -18,7 +18,7 @@ from typing import Iterator
 import fsspec
 
 S3_ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
-               "AWS_ENDPOINT_URL", "AWS_PROFILE")
+               "AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_EC2_METADATA_DISABLED")
 
 
 class StorageError(OSError):
@@ -174,12 +174,6 @@ def remove_temporaries(uri: str) -> int:
     return n
 
 
-def rm_tree(uri: str) -> None:
-    fs, p = fs_of(uri)
-    if fs.exists(p):
-        fs.rm(p, recursive=True)
-
-
 @contextmanager
 def local_copy(uri: str, tmp_dir: str) -> Iterator[str]:
     """A local file path for ``uri``: the path itself when local, else a temporary download."""
@@ -197,4 +191,5 @@ def local_copy(uri: str, tmp_dir: str) -> Iterator[str]:
 
 
 def scratch_dir(preferred: str) -> str:
-    return preferred if preferred and os.path.isdir(preferred) and os.access(preferred, os.W_OK) else tempfile.gettempdir()
+    usable = preferred and os.path.isdir(preferred) and os.access(preferred, os.W_OK)
+    return preferred if usable else tempfile.gettempdir()

@@ -1,0 +1,128 @@
+"""Shard throughput: the Ray pipeline vs plain ffmpeg over a process pool of the same width.
+
+Both sides cut, crop, resize and encode exactly the same clips with the same ffmpeg command (one
+process per source video, all its clips in one pass); the pipeline also lists, probes, writes the
+tars and manifests (source hashing is off here: the baseline does not read the sources twice).
+Prints clips/s of each and the ratio (target >= 0.8): the median of ``--repeats`` alternating runs
+on a warm cluster, and the first run with and without ``ray.init``. Input: ``--videos DIR``
+(default ../shared/media/videos when present, else synthetic clips from data_prep.samples).
+
+    python benchmarks/shard_throughput.py [--videos DIR] [--workers 2] [--clips-per-video 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+from data_prep.buckets import center_crop, choose_bucket  # noqa: E402
+from data_prep.clips import plan_windows  # noqa: E402
+from data_prep.config import load_shard_config  # noqa: E402
+from data_prep.encode import video_command  # noqa: E402
+from data_prep.probe import probe  # noqa: E402
+from data_prep.samples import make_video  # noqa: E402
+
+
+def _ffmpeg_job(args: tuple) -> int:
+    src, windows, crop, fps, enc, out_dir = args
+    os.makedirs(out_dir, exist_ok=True)
+    subprocess.run(video_command(src, windows, crop, fps, enc, os.path.join(out_dir, "clip%04d.mp4")),
+                   check=True, capture_output=True)
+    return len(windows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default = ROOT.parent / "shared" / "media" / "videos"
+    ap.add_argument("--videos", type=Path, default=default if default.is_dir() else None)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--clips-per-video", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--sources-per-task", type=int, default=None, help="override ray.sources_per_task")
+    ap.add_argument("--json", type=Path, help="also write the numbers here")
+    a = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="pvq-bench-shard-"))
+    try:
+        if a.videos is None:
+            a.videos = work / "videos"
+            for i in range(12):
+                make_video(a.videos / f"syn{i:02d}.mp4", ("testsrc2", "mandelbrot", "smptebars")[i % 3],
+                           640, 360, 96 + 16 * (i % 3), 24)
+        videos = sorted(str(p) for p in a.videos.glob("*.mp4"))
+        cfg = load_shard_config(ROOT / "configs" / "shard" / "default.yaml", [
+            "clips.lengths=[16]", f"clips.max_clips_per_video={a.clips_per_video}",
+            "buckets.scales=[[256,256]]", "shards.val_fraction=0.0", f"ray.num_cpus={a.workers}",
+            "encode.preset=veryfast", "hash_sources=false",
+            *([f"ray.sources_per_task={a.sources_per_task}"] if a.sources_per_task else [])])
+        # the plain-ffmpeg baseline: same windows, crop, command; a process pool of the same width
+        jobs = []
+        for i, v in enumerate(videos):
+            p = probe(v)
+            windows = plan_windows(p.frames, cfg.clips, seed=cfg.seed, source_id=v)
+            scale = choose_bucket(p.width, p.height, cfg.buckets.scales)
+            if windows and scale:
+                jobs.append((v, windows, center_crop(p.width, p.height, *scale), p.fps, cfg.encode,
+                             str(work / "ffmpeg" / f"{i:03d}")))
+        def run_ffmpeg(k: int) -> float:
+            shutil.rmtree(work / "ffmpeg", ignore_errors=True)
+            t = time.perf_counter()
+            with ProcessPoolExecutor(a.workers) as pool:
+                n = sum(pool.map(_ffmpeg_job, jobs))
+            assert n == n_clips
+            return time.perf_counter() - t
+
+        from data_prep.shard import ensure_ray, shard
+
+        def run_pipeline(k: int) -> float:
+            t = time.perf_counter()
+            r = shard([str(a.videos)], str(work / f"out{k}"), cfg)
+            assert r.stats["samples"] == n_clips, f"pipeline made {r.stats['samples']} clips, ffmpeg {n_clips}"
+            shutil.rmtree(work / f"out{k}")
+            return time.perf_counter() - t
+
+        n_clips = sum(len(j[1]) for j in jobs)
+        t = time.perf_counter()
+        ensure_ray(cfg)
+        t_ray = time.perf_counter() - t
+        t_cold = run_pipeline(0)  # first run: Ray workers start and import the pipeline
+        t_ff, t_pipe = [], []
+        for k in range(1, a.repeats + 1):  # alternate, so both see the same machine load
+            t_ff.append(run_ffmpeg(k))
+            t_pipe.append(run_pipeline(k))
+        ff, pipe = statistics.median(t_ff), statistics.median(t_pipe)
+        res = {
+            "videos": len(videos), "clips": n_clips, "workers": a.workers, "repeats": a.repeats,
+            "ffmpeg_clips_per_s": round(n_clips / ff, 2),
+            "pipeline_clips_per_s": round(n_clips / pipe, 2),
+            "ratio": round(ff / pipe, 3),
+            "ratio_first_run": round(ff / t_cold, 3),
+            "ratio_first_run_with_ray_init": round(ff / (t_cold + t_ray), 3),
+            "ffmpeg_s": [round(x, 2) for x in t_ff], "pipeline_s": [round(x, 2) for x in t_pipe],
+            "cpu_load_1min": os.getloadavg()[0],
+        }
+        print(json.dumps(res, indent=1))
+        print(f"shard pipeline / plain ffmpeg = {res['ratio']:.2f} (target >= 0.80); first run "
+              f"{res['ratio_first_run']:.2f}, {res['ratio_first_run_with_ray_init']:.2f} counting ray.init")
+        if a.json:
+            a.json.write_text(json.dumps(res, indent=1))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
