@@ -131,38 +131,103 @@ def show_config(
 
 
 @app.command()
+def train(
+    config: Path = typer.Option(DEFAULT_CONFIG, help="config YAML"),
+    out: Path = typer.Option(Path("runs/debug"), help="run directory: checkpoints, export, mlflow.db"),
+    set_: list[str] = typer.Option([], "--set", help="config override key.path=value"),
+    launcher: str = typer.Option("none", help="none (this process) | local (torchrun) | slurm | deepspeed"),
+    nproc: int = typer.Option(0, help="processes per node (0: from the config)"),
+    nnodes: int = typer.Option(0, help="nodes (0: from the config)"),
+    dry_run: bool = typer.Option(False, help="print the launch command and per-GPU memory estimate only"),
+    max_steps: int = typer.Option(0, help="stop after this many steps in this call (0: until train.steps)"),
+    no_resume: bool = typer.Option(False, help="ignore checkpoints already in --out"),
+):
+    """Train with DeepSpeed ZeRO-3 (generator + discriminator, EMA, checkpoints, MLflow)."""
+    from .config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config, set_)
+    except ConfigError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    if launcher != "none" or dry_run:
+        from .train.launch import run
+
+        if max_steps or no_resume:
+            console.print("[red]error:[/] --max-steps / --no-resume apply to --launcher none only")
+            raise typer.Exit(2)
+        raise typer.Exit(run(config, list(set_), out, "local" if launcher == "none" else launcher,
+                             nproc or None, nnodes or None, dry_run))
+    from .train.loop import train as train_loop
+
+    result = train_loop(cfg, out, max_steps=max_steps or None, resume=not no_resume)
+    console.print(f"trained to step {result.step}; EMA export: {result.export_dir}; MLflow run {result.run_id}")
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path(".demo"), help="working directory"),
-    steps: int = typer.Option(300, help="CPU training steps of the debug model"),
+    steps: int = typer.Option(200, help="training steps of the debug model"),
 ):
-    """Generate clips, reconstruct them with the untrained and a briefly fitted debug model."""
+    """The pipeline on the embedded demo set: shard (Ray Data) -> train (DeepSpeed ZeRO-3, one
+    process) -> reconstruct the demo videos with the EMA export and print the metrics."""
     import torch
-    from rich.progress import Progress
+
+    from data_prep import manifest
+    from data_prep.config import load_shard_config
+    from data_prep.samples import make_demo_set
+    from data_prep.shard import shard
 
     from .config import load_config
-    from .demo import write_demo_clips
-    from .fit import fit, seed_everything
-    from .video_io import read_video, to_tensor
+    from .train.loop import train as train_loop
     from .vae import PVQVAE
 
-    cfg = load_config(DEFAULT_CONFIG)
-    seed_everything(cfg.train.seed)
-    clips = write_demo_clips(out / "clips")
-    console.print(f"wrote {len(clips)} synthetic clips to {out / 'clips'}")
-    model = PVQVAE(cfg).eval()
-    before = [reconstruct_file(model, c, out / "untrained" / c.name, None, True)[0] for c in clips]
-    console.print(_metrics_table("untrained debug model", before))
-    tensors = [to_tensor(read_video(c)[0]) for c in clips]
-    with Progress(console=console) as bar:
-        task = bar.add_task("fitting the debug model", total=steps)
-        losses = fit(model, tensors, steps, callback=lambda s, parts: bar.advance(task))
-    console.print(f"loss {losses[0]:.4f} -> {sum(losses[-10:]) / 10:.4f} (mean of the last 10 steps)")
-    ckpt = model.save_pretrained(out / "checkpoint")
-    after = [reconstruct_file(model, c, out / "fitted" / c.name, None, True)[0] for c in clips]
-    console.print(_metrics_table(f"debug model after {steps} steps (checkpoint: {ckpt})", after))
-    console.print(f"try: pvq reconstruct {clips[1]} {out / 'again.mp4'} --checkpoint {ckpt}")
-    del torch
+    root = Path(__file__).resolve().parent.parent
+    demo_set = make_demo_set(out / "sources")
+    videos = sorted(v["path"] for v in demo_set.videos.values())
+    console.print(f"[bold]1/4 sources[/]: {len(demo_set.videos)} videos, images and {len(demo_set.broken)} "
+                  f"deliberately broken inputs in {out / 'sources'}")
+    shards = out / "shards"
+    if manifest.latest_version(str(shards)) is None:
+        result = shard([str(demo_set.csv), str(demo_set.coco_json)], str(shards),
+                       load_shard_config(root / "configs" / "shard" / "demo.yaml"))
+        console.print(f"[bold]2/4 shards[/]: {result}")
+    else:
+        console.print(f"[bold]2/4 shards[/]: {shards} already holds {manifest.latest_version(str(shards))}")
+    import ray
 
+    if ray.is_initialized():
+        ray.shutdown()
+    from data_prep.loader import ShardLoader
+
+    small = [b for b in ShardLoader(str(shards), split="train").buckets
+             if int(b.split("x")[0]) * int(b.split("x")[1]) <= 128 * 128]  # CPU-sized buckets
+    cfg = load_config(DEFAULT_CONFIG, [f"train.data_path={shards.resolve()}", f"train.steps={steps}",
+                                       f"train.data_buckets={small}", "train.checkpoint_every=100"])
+    torch.manual_seed(cfg.train.seed)
+    untrained = PVQVAE(cfg).eval()
+    console.print(f"[bold]3/4 train[/]: debug model, {steps} steps on {shards} buckets {small} "
+                  "(DeepSpeed ZeRO-3, bf16, EMA)")
+    result = train_loop(cfg, out / "run")
+    console.print(f"loss {result.losses[0]:.4f} -> {sum(result.losses[-10:]) / min(10, len(result.losses)):.4f} "
+                  f"(last 10 steps); EMA export {result.export_dir}; MLflow run {result.run_id} "
+                  f"(mlflow ui --backend-store-uri sqlite:///{(out / 'run' / 'mlflow.db').resolve()})")
+    trained = PVQVAE.from_pretrained(result.export_dir)
+    console.print("[bold]4/4 reconstruct[/] the demo videos")
+    for title, model, sub in (("untrained debug model", untrained, "untrained"),
+                              (f"EMA weights after {result.step} steps", trained, "trained")):
+        rows = [reconstruct_file(model, v, out / "recon" / sub / v.name, 32, True)[0] for v in videos]
+        console.print(_metrics_table(title, rows))
+    console.print(f"try: pvq reconstruct {videos[0]} {out / 'again.mp4'} --checkpoint {result.export_dir}")
+
+
+def _mount_data() -> None:
+    from data_prep.cli import app as data_app
+
+    app.add_typer(data_app, name="data", help="Shard, refresh and inspect datasets (Ray Data, webdataset).")
+
+
+_mount_data()
 
 if __name__ == "__main__":
     app()

@@ -378,18 +378,20 @@ def slurm_submit(script: Path) -> str:
     return res.stdout.strip().split(";")[0]
 
 
-def slurm_job_state(job_id: str) -> tuple[str, int]:
-    """(JobState, exit code) from ``scontrol show job`` (``sacct`` once the controller forgot it)."""
+def slurm_job_state(job_id: str) -> tuple[str, int, str]:
+    """(JobState, exit code, pending reason) from ``scontrol show job`` (``sacct`` once the
+    controller forgot the job)."""
     res = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True)
     if res.returncode == 0 and "JobState=" in res.stdout:
         state = re.search(r"JobState=(\S+)", res.stdout).group(1)
         code = re.search(r"\bExitCode=(\d+):(\d+)", res.stdout)
-        return state, int(code.group(1)) if code else 0
+        reason = re.search(r"\bReason=(\S+)", res.stdout)
+        return state, int(code.group(1)) if code else 0, reason.group(1) if reason else "None"
     res2 = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode"],
                           capture_output=True, text=True)
     if res2.returncode == 0 and res2.stdout.strip():
         state, code = res2.stdout.strip().splitlines()[0].split("|")
-        return state.split()[0], int(code.split(":")[0])
+        return state.split()[0], int(code.split(":")[0]), "None"
     raise LaunchError(f"slurm job {job_id}: neither scontrol nor sacct knows it ({res.stderr.strip()})")
 
 
@@ -399,10 +401,11 @@ def slurm_wait(job_id: str, *, poll_s: float = 10.0, timeout_s: float | None = N
     after ``timeout_s``, with the job cancelled)."""
     start, last = time.monotonic(), None
     while True:
-        state, code = slurm_job_state(job_id)
-        if state != last:
-            echo(f"slurm job {job_id}: {state}")
-            last = state
+        state, code, reason = slurm_job_state(job_id)
+        if (state, reason) != last:
+            # e.g. "PENDING (PartitionConfig)": the request does not fit the partition
+            echo(f"slurm job {job_id}: {state}" + (f" ({reason})" if reason not in ("None", "") else ""))
+            last = state, reason
         if state in SLURM_DONE:
             return code if state == "COMPLETED" or code != 0 else 1
         if timeout_s is not None and time.monotonic() - start > timeout_s:

@@ -41,18 +41,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed(cfg: PVQConfig) -> tuple[int, int, torch.device]:
-    """Initialise torch.distributed through DeepSpeed (gloo on CPU, nccl on GPU); a lone process
-    becomes a world of one on 127.0.0.1."""
+def init_distributed(cfg: PVQConfig, run_dir: Path) -> tuple[int, int, torch.device]:
+    """Initialise torch.distributed (gloo on CPU, nccl on GPU) and hand it to DeepSpeed.
+
+    Under a launcher (RANK in the environment) this is the usual env:// rendezvous. A lone
+    process becomes a world of one through a *file* store in the run directory: no TCP store, so
+    no name lookups (c10d resolves "::ffff:127.0.0.1" by name, which on hosts without IPv6 lines in
+    /etc/hosts becomes a DNS query; see infra/local/isolated.sh for multi-process runs)."""
+    cuda = torch.cuda.is_available()
+    timeout = datetime.timedelta(seconds=cfg.train.dist_timeout_s)
+    backend = "nccl" if cuda else "gloo"
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
-    cuda = torch.cuda.is_available()
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        store = run_dir / ".dist_store"
+        store.unlink(missing_ok=True)
+        dist.init_process_group(backend, init_method=store.resolve().as_uri(), rank=0, world_size=1,
+                                timeout=timeout)
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo",
-                               timeout=datetime.timedelta(seconds=cfg.train.dist_timeout_s))
+    deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
     return dist.get_rank(), dist.get_world_size(), device
 
 
@@ -85,9 +96,9 @@ def _broadcast_module(module: torch.nn.Module) -> None:
 def train(cfg: PVQConfig, out: Path, *, max_steps: int | None = None, resume: bool = True,
           data_version: str | None = None) -> TrainResult:
     """Train until ``cfg.train.steps`` (or ``max_steps`` optimizer steps in this call)."""
-    rank, world, device = init_distributed(cfg)
-    t = cfg.train
     out = Path(out)
+    rank, world, device = init_distributed(cfg, out)
+    t = cfg.train
     ckpt_root = out / "checkpoints"
     seed_everything(t.seed)
     stop = _Stop()
@@ -128,7 +139,9 @@ def train(cfg: PVQConfig, out: Path, *, max_steps: int | None = None, resume: bo
         out.mkdir(parents=True, exist_ok=True)
         (out / "deepspeed_config.json").write_text(json.dumps(ds_cfg, indent=2))
         uri = t.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(out / 'mlflow.db').resolve()}"
-        logger = MLflowLogger(uri, t.mlflow_experiment, run_name=f"{cfg.name}-{out.name}")
+        local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
+        logger = MLflowLogger(uri, t.mlflow_experiment, run_name=f"{cfg.name}-{out.name}",
+                              artifact_root=out / "mlartifacts" if local else None)
         tags = {**git_state(), "data_version": str(data_version or t.data_path or "synthetic"),
                 "seed": str(t.seed), "world_size": str(world), "resumed_from": tag or "",
                 **{f"version.{k}": v for k, v in package_versions().items()}}

@@ -47,12 +47,16 @@ class MLflowLogger:
     """Logs one training run: config, DeepSpeed config, git state, data version, seeds, package
     versions as params/tags/artifacts, then per-step metrics."""
 
-    def __init__(self, tracking_uri: str, experiment: str, run_name: str):
+    def __init__(self, tracking_uri: str, experiment: str, run_name: str, artifact_root: Path | None = None):
+        """``artifact_root``: where a *new* experiment stores artifacts (for a local sqlite store;
+        without it MLflow would write ``./mlruns`` in the current directory)."""
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         import mlflow
 
         self.mlflow = mlflow
         mlflow.set_tracking_uri(tracking_uri)
+        if mlflow.get_experiment_by_name(experiment) is None and artifact_root is not None:
+            mlflow.create_experiment(experiment, artifact_location=Path(artifact_root).resolve().as_uri())
         mlflow.set_experiment(experiment)
         self.run = mlflow.start_run(run_name=run_name)
 
