@@ -51,7 +51,7 @@ def init_distributed(cfg: PVQConfig, run_dir: Path) -> tuple[int, int, torch.dev
     cuda = torch.cuda.is_available()
     timeout = datetime.timedelta(seconds=cfg.train.dist_timeout_s)
     backend = "nccl" if cuda else "gloo"
-    if "RANK" not in os.environ:
+    if "RANK" not in os.environ and not dist.is_initialized():
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")

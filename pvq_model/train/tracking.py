@@ -45,39 +45,52 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 class MLflowLogger:
     """Logs one training run: config, DeepSpeed config, git state, data version, seeds, package
-    versions as params/tags/artifacts, then per-step metrics."""
+    versions as params/tags/artifacts, then per-step metrics.
+
+    Uses an explicit ``MlflowClient`` for ``tracking_uri``: no process-global MLflow state (the
+    fluent API's ``set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI``, which would send a second
+    run in the same process to the first run's store)."""
 
     def __init__(self, tracking_uri: str, experiment: str, run_name: str, artifact_root: Path | None = None):
         """``artifact_root``: where a *new* experiment stores artifacts (for a local sqlite store;
         without it MLflow would write ``./mlruns`` in the current directory)."""
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        import mlflow
+        from mlflow.tracking import MlflowClient
 
-        self.mlflow = mlflow
-        mlflow.set_tracking_uri(tracking_uri)
-        if mlflow.get_experiment_by_name(experiment) is None and artifact_root is not None:
-            mlflow.create_experiment(experiment, artifact_location=Path(artifact_root).resolve().as_uri())
-        mlflow.set_experiment(experiment)
-        self.run = mlflow.start_run(run_name=run_name)
+        self.client = MlflowClient(tracking_uri)
+        self.tracking_uri = tracking_uri
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            location = Path(artifact_root).resolve().as_uri() if artifact_root is not None else None
+            exp_id = self.client.create_experiment(experiment, artifact_location=location)
+        else:
+            exp_id = exp.experiment_id
+        self.run = self.client.create_run(exp_id, run_name=run_name)
 
     @property
     def run_id(self) -> str:
         return self.run.info.run_id
 
     def log_setup(self, config: dict, ds_config: dict, tags: dict[str, str]) -> None:
-        params = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flatten(config).items()}
-        items = list(params.items())
-        for i in range(0, len(items), 90):
-            self.mlflow.log_params(dict(items[i:i + 90]))
-        self.mlflow.log_dict(config, "config.json")
-        self.mlflow.log_dict(ds_config, "deepspeed_config.json")
-        self.mlflow.set_tags(tags)
+        from mlflow.entities import Param, RunTag
+
+        params = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in flatten(config).items()]
+        for i in range(0, len(params), 90):
+            self.client.log_batch(self.run_id, params=params[i:i + 90])
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.log_dict(self.run_id, config, "config.json")
+        self.client.log_dict(self.run_id, ds_config, "deepspeed_config.json")
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self.mlflow.log_metrics(metrics, step=step)
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
     def log_artifacts(self, path: Path, artifact_path: str) -> None:
-        self.mlflow.log_artifacts(str(path), artifact_path)
+        self.client.log_artifacts(self.run_id, str(path), artifact_path)
 
     def close(self, status: str = "FINISHED") -> None:
-        self.mlflow.end_run(status=status)
+        self.client.set_terminated(self.run_id, status=status)
