@@ -27,9 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     if dist.get_rank() == 0:
         (args.out / "result.json").write_text(json.dumps(
             {"step": result.step, "losses": result.losses, "export": str(result.export_dir or ""),
-             "mlflow_run_id": result.run_id}))
+             "mlflow_run_id": result.run_id, "stopped": result.stopped}))
     dist.destroy_process_group()
-    return 0
+    return 143 if result.stopped else 0  # 128 + SIGTERM: checkpointed, not finished
 
 
 if __name__ == "__main__":

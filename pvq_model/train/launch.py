@@ -37,6 +37,7 @@ from ..config import ConfigError, PVQConfig, load_config
 ROOT = Path(__file__).resolve().parents[2]
 SBATCH_TEMPLATE = ROOT / "infra" / "slurm" / "pvq_train.sbatch"
 HOSTFILE_EXAMPLE = ROOT / "infra" / "hostfile.example"
+HOSTFILE = ROOT / "infra" / "hostfile"  # the site's copy of the example (not committed)
 PAPER_CONFIG = ROOT / "configs" / "paper.yaml"
 PAPER_DS_CONFIG = ROOT / "infra" / "deepspeed" / "zero3_paper.json"
 PAPER_WORLD_SIZE = 64
@@ -77,6 +78,7 @@ class LaunchPlan:
     script: Path | None = None
     script_text: str | None = None
     notes: list[str] = field(default_factory=list)
+    hostfile: Path | None = None
 
     @property
     def command(self) -> str:
@@ -267,10 +269,13 @@ def plan(config: Path, overrides: list[str], out: Path, launcher: str = "local",
                           overrides, backend, env)
     if launcher == "deepspeed":
         if hostfile is None:
-            hostfile = HOSTFILE_EXAMPLE
-            notes.append(f"no --hostfile given: showing {HOSTFILE_EXAMPLE.relative_to(ROOT)} (copy and edit it)")
-        argv = deepspeed_command(argv_entry, geo, Path(hostfile).resolve(), master_port=master_port, python=python)
-        return LaunchPlan(launcher, argv, geo, overrides, backend, env, notes=notes)
+            hostfile = HOSTFILE if HOSTFILE.is_file() else HOSTFILE_EXAMPLE
+        hostfile = Path(hostfile).resolve()
+        if hostfile == HOSTFILE_EXAMPLE:
+            notes.append(f"showing {HOSTFILE_EXAMPLE.relative_to(ROOT)}: copy it to "
+                         f"{HOSTFILE.relative_to(ROOT)} with your node names (or pass --hostfile) to launch")
+        argv = deepspeed_command(argv_entry, geo, hostfile, master_port=master_port, python=python)
+        return LaunchPlan(launcher, argv, geo, overrides, backend, env, notes=notes, hostfile=hostfile)
     # slurm
     text = render_sbatch(argv_entry, geo, out=out, alloc_nodes=slurm_nodes, gpu=gpu, cpus_per_task=cpus_per_task,
                          partition=partition, time_limit=time_limit, rdzv_host=rdzv_host, rdzv_port=rdzv_port,
@@ -436,6 +441,9 @@ def run(config: Path, overrides: list[str], out: Path, launcher: str = "local", 
             rows, table = memory_estimate(load_config(Path(config), p.overrides), p.geometry)
             print(format_memory(rows, table, p.geometry), flush=True)
         return 0
+    if p.hostfile == HOSTFILE_EXAMPLE:
+        print(f"error: {HOSTFILE_EXAMPLE} lists placeholder hosts; pass --hostfile", file=sys.stderr)
+        return 2
     Path(out).mkdir(parents=True, exist_ok=True)
     if p.launcher == "slurm":
         job_id = slurm_submit(p.script)

@@ -73,6 +73,8 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     export_dir: Path | None = None
     run_id: str | None = None
+    stopped: bool = False
+    """True when a SIGTERM/SIGINT ended the run early (after a checkpoint)."""
 
 
 class _Stop:
@@ -205,6 +207,7 @@ def train(cfg: PVQConfig, out: Path, *, max_steps: int | None = None, resume: bo
                 ckpt.save(ckpt_root, step + 1, engine_g, engine_d, ema, rank)
             if stop_now:
                 status = "KILLED"
+                result.stopped = True
                 return result
         result.export_dir = export_ema(cfg, ema, out / "export", rank, extra={"step": result.step})
         if logger is not None:

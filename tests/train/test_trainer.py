@@ -113,3 +113,28 @@ def test_resume_is_bit_identical(tmp_path):
     b = load_file(tmp_path / "split" / "export" / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_resume_continues(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONWARNINGS": "ignore::FutureWarning"}
+    cmd = [sys.executable, "-m", "pvq_model.train", "--config", str(ROOT / "configs" / "debug.yaml"),
+           "--out", str(out), "--set", "train.steps=500", "--set", "train.checkpoint_every=100000"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "deepspeed_config.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    time.sleep(4)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-3000:]
+    res = json.loads((out / "result.json").read_text())
+    assert res["stopped"] and 0 < res["step"] < 500
+    assert (out / "checkpoints" / "LATEST").read_text() == f"step{res['step']:09d}"
+    again = subprocess.run([*cmd, "--max-steps", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((out / "result.json").read_text())["step"] == res["step"] + 2
