@@ -156,7 +156,9 @@ def train(
         if max_steps or no_resume:
             console.print("[red]error:[/] --max-steps / --no-resume apply to --launcher none only")
             raise typer.Exit(2)
-        raise typer.Exit(run(config, list(set_), out, "local" if launcher == "none" else launcher,
+        if launcher == "none":  # a dry run of the config's own geometry
+            launcher = "slurm" if cfg.train.nodes > 1 else "local"
+        raise typer.Exit(run(config, list(set_), out, launcher,
                              nproc or None, nnodes or None, dry_run))
     from .train.loop import train as train_loop
 
