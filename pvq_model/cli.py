@@ -133,7 +133,7 @@ def show_config(
 @app.command()
 def train(
     config: Path = typer.Option(DEFAULT_CONFIG, help="config YAML"),
-    out: Path = typer.Option(Path("runs/debug"), help="run directory: checkpoints, export, mlflow.db"),
+    out: Path = typer.Option(None, help="run directory: checkpoints, export, mlflow.db (default runs/<config name>)"),
     set_: list[str] = typer.Option([], "--set", help="config override key.path=value"),
     launcher: str = typer.Option("none", help="none (this process) | local (torchrun) | slurm | deepspeed"),
     nproc: int = typer.Option(0, help="processes per node (0: from the config)"),
@@ -150,6 +150,7 @@ def train(
     except ConfigError as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
+    out = out or Path("runs") / cfg.name
     if launcher != "none" or dry_run:
         from .train.launch import run
 
