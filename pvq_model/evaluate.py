@@ -99,9 +99,14 @@ def resolve_model(model: str | Path, tracking_uri: str | None = None, cache_dir:
     return _find_export(Path(local))
 
 
-def load_model(model: str | Path, tracking_uri: str | None = None) -> tuple[PVQVAE, Path]:
-    path = resolve_model(model, tracking_uri)
-    return PVQVAE.from_pretrained(path), path
+def load_model(model: str | Path, tracking_uri: str | None = None) -> tuple[PVQVAE, str]:
+    """The model in eval mode and where it came from (an MLflow download is removed after loading)."""
+    if not is_mlflow_uri(str(model)):
+        path = resolve_model(model)
+        return PVQVAE.from_pretrained(path), str(path)
+    with tempfile.TemporaryDirectory(prefix="pvq-model-") as tmp:
+        path = resolve_model(model, tracking_uri, tmp)
+        return PVQVAE.from_pretrained(path), str(model)
 
 
 # ---------------------------------------------------------------------------------------------
