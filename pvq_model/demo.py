@@ -1,18 +1,13 @@
-"""``pvq demo``: what runs end to end today, on clips the project generates itself.
+"""Deterministic synthetic clips (moving shapes over colour gradients), generated in memory.
 
-1. Writes a few deterministic synthetic clips (moving shapes over gradients, several sizes) as mp4.
-2. Reconstructs them with the untrained debug model (the baseline).
-3. Fits the debug model on them for a few hundred CPU steps (plain PyTorch loop) and saves it.
-4. Reconstructs them again through ``pvq reconstruct``'s code path and prints both tables.
-"""
+Used by the trainer when no shard dataset is configured (``train.data_path: null``), by the
+benchmarks and by the tests; the embedded demo *data set* of ``make demo`` is
+``data_prep.samples``."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from .video_io import write_video
 
 
 def synthetic_clip(seed: int, frames: int, height: int, width: int) -> np.ndarray:
@@ -32,10 +27,3 @@ def synthetic_clip(seed: int, frames: int, height: int, width: int) -> np.ndarra
         img[sy:sy + height // 5, sx:sx + width // 5] = c2
         out[t] = img
     return (out.clip(0, 1) * 255).round().astype(np.uint8)
-
-
-def write_demo_clips(directory: Path) -> list[Path]:
-    """Three clips: 64x64 (16 frames), 96x64 (32 frames), 80x48 (20 frames, padded by the model)."""
-    specs = [(0, 16, 64, 64), (1, 32, 64, 96), (2, 20, 48, 80)]
-    return [write_video(directory / f"synthetic_{s}_{w}x{h}.mp4", synthetic_clip(s, t, h, w), fps=12, crf=12)
-            for s, t, h, w in specs]
