@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 
-
 def synthetic_clip(seed: int, frames: int, height: int, width: int) -> np.ndarray:
     """(T, H, W, 3) uint8: a smooth colour gradient with a disc and a square moving across it."""
     rng = np.random.default_rng(seed)
