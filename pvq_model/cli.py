@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -40,12 +41,20 @@ def _metrics_table(title: str, rows: list[tuple]) -> Table:
     return table
 
 
+@functools.lru_cache(maxsize=4)
+def _lpips(backbone: str | None, linear: str | None):
+    """LPIPS for the configured weight files, loaded once per process (None when not configured)."""
+    from .config import LPIPSConfig
+    from .perceptual import build_lpips
+
+    return build_lpips(LPIPSConfig(backbone_weights=backbone, linear_weights=linear))
+
+
 def reconstruct_file(model, src: Path, dst: Path, max_frames: int | None, tiled: bool):
     """Reconstruct one video/image file to ``dst`` (mp4); returns (row for the table, metrics)."""
     import torch
 
     from .metrics import clip_metrics
-    from .perceptual import build_lpips
     from .video_io import read_video, to_tensor, to_uint8, write_video
 
     frames, fps = read_video(src, max_frames)
@@ -55,7 +64,7 @@ def reconstruct_file(model, src: Path, dst: Path, max_frames: int | None, tiled:
         recon, _ = model.reconstruct(x, tiled=tiled)
     seconds = time.perf_counter() - start
     write_video(dst, to_uint8(recon), fps=fps)
-    m = clip_metrics(x, recon, lpips=build_lpips(model.cfg.lpips))
+    m = clip_metrics(x, recon, lpips=_lpips(model.cfg.lpips.backbone_weights, model.cfg.lpips.linear_weights))
     lp = f"{m.lpips[0]:.4f}" if m.lpips is not None else "absent"
     row = (src.name, x.shape[2], f"{x.shape[4]}x{x.shape[3]}", f"{m.psnr[0]:.2f}", f"{m.ssim[0]:.4f}", lp, f"{seconds:.1f}")
     return row, m
