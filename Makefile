@@ -12,6 +12,7 @@ TORCH  := torch==2.13.0
 
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME := $(CURDIR)/.cache/prefect
