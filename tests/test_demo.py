@@ -18,3 +18,10 @@ def test_demo_pipeline(tmp_path):
     assert len(recon) == 5
     psnrs = [float(v) for v in re.findall(r"│\s+([\d.]+)\s+│\s+[\d.]+\s+│\s+absent", res.output)]
     assert len(psnrs) == 10 and all(0 < p < 60 for p in psnrs)
+    # the training run records the dataset version it trained on
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("pvq-vae").experiment_id])
+    assert run.data.tags["data_version"] == "v000001"
+    assert len(run.data.tags["data_index_sha256"]) == 64

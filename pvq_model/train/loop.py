@@ -144,7 +144,7 @@ def train(cfg: PVQConfig, out: Path, *, max_steps: int | None = None, resume: bo
         local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
         logger = MLflowLogger(uri, t.mlflow_experiment, run_name=f"{cfg.name}-{out.name}",
                               artifact_root=out / "mlartifacts" if local else None)
-        tags = {**git_state(), "data_version": str(data_version or t.data_path or "synthetic"),
+        tags = {**git_state(), **data_tags(t.data_path, data_version),
                 "seed": str(t.seed), "world_size": str(world), "resumed_from": tag or "",
                 **{f"version.{k}": v for k, v in package_versions().items()}}
         logger.log_setup(cfg.to_dict(), ds_cfg, tags)
@@ -218,6 +218,23 @@ def train(cfg: PVQConfig, out: Path, *, max_steps: int | None = None, resume: bo
         bar.close()
         if logger is not None:
             logger.close(status)
+
+
+def data_tags(data_path: str | None, version: str | None = None) -> dict[str, str]:
+    """``data_path``, ``data_version`` (the dataset's LATEST unless given) and ``data_index_sha256``
+    (hash of that version's shard index, which lists every shard's sha256)."""
+    if data_path is None:
+        return {"data_path": "synthetic", "data_version": "synthetic", "data_index_sha256": ""}
+    import hashlib
+
+    from data_prep import manifest, storage
+
+    version = version or manifest.latest_version(data_path) or "none"
+    try:
+        digest = hashlib.sha256(storage.read_bytes(storage.join(data_path, version, "index.parquet"))).hexdigest()
+    except (OSError, storage.StorageError):
+        digest = ""
+    return {"data_path": str(data_path), "data_version": version, "data_index_sha256": digest}
 
 
 def _agree(flag: bool) -> bool:
