@@ -18,10 +18,12 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME := $(CURDIR)/.cache/prefect
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export HF_HUB_OFFLINE := 1
+export DO_NOT_TRACK := 1
+export PYTHONWARNINGS := ignore:`torch.distributed.all_gather_into_tensor` is deprecated:FutureWarning,ignore:`torch.distributed.reduce_scatter_tensor` is deprecated:FutureWarning
 export no_proxy := 127.0.0.1,localhost
 export NO_PROXY := 127.0.0.1,localhost
 
-.PHONY: install test test-fast demo clean ffmpeg
+.PHONY: install test test-fast demo serve down clean ffmpeg
 
 install: $(STAMP) ffmpeg
 
@@ -47,8 +49,19 @@ test: install
 test-fast: install
 	$(PY) -m pytest tests -q -m "not slow"
 
+# make demo trains on 2 CPU ranks inside a private network namespace (infra/local/isolated.sh) when
+# it can (root + unshare), else in one process.
+DEMO_LAUNCHER ?= $(shell [ "$$(id -u)" = 0 ] && unshare --net true 2>/dev/null && echo local || echo single)
+DEMO_STEPS ?= 200
+
 demo: install
-	$(VENV)/bin/pvq demo --out .demo
+	$(VENV)/bin/pvq demo --steps $(DEMO_STEPS) --launcher $(DEMO_LAUNCHER)
+
+serve: install
+	infra/local/up.sh
+
+down:
+	infra/local/down.sh
 
 clean:
-	rm -rf .demo .cache .pytest_cache
+	rm -rf .demo .cache/work .pytest_cache

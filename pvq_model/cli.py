@@ -176,70 +176,28 @@ def train(
     console.print(f"trained to step {result.step}; EMA export: {result.export_dir}; MLflow run {result.run_id}")
 
 
-@app.command()
-def demo(
-    out: Path = typer.Option(Path(".demo"), help="working directory"),
-    steps: int = typer.Option(200, help="training steps of the debug model"),
-):
-    """The pipeline on the embedded demo set: shard (Ray Data) -> train (DeepSpeed ZeRO-3, one
-    process) -> reconstruct the demo videos with the EMA export and print the metrics."""
-    import torch
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def demo(ctx: typer.Context):
+    """The whole DAG on the embedded demo set (flows.demo): shard -> train -> evaluate -> register.
+    Options: --steps N, --launcher single|local, --nproc N (see python -m flows.demo --help)."""
+    from flows.demo import main
 
-    from data_prep import manifest
-    from data_prep.config import load_shard_config
-    from data_prep.samples import make_demo_set
-    from data_prep.shard import shard
-
-    from .config import load_config
-    from .train.loop import train as train_loop
-    from .vae import PVQVAE
-
-    root = Path(__file__).resolve().parent.parent
-    demo_set = make_demo_set(out / "sources")
-    videos = sorted(v["path"] for v in demo_set.videos.values())
-    console.print(f"[bold]1/4 sources[/]: {len(demo_set.videos)} videos, images and {len(demo_set.broken)} "
-                  f"deliberately broken inputs in {out / 'sources'}")
-    shards = out / "shards"
-    if manifest.latest_version(str(shards)) is None:
-        result = shard([str(demo_set.csv), str(demo_set.coco_json)], str(shards),
-                       load_shard_config(root / "configs" / "shard" / "demo.yaml"))
-        console.print(f"[bold]2/4 shards[/]: {result}")
-    else:
-        console.print(f"[bold]2/4 shards[/]: {shards} already holds {manifest.latest_version(str(shards))}")
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    from data_prep.loader import ShardLoader
-
-    small = [b for b in ShardLoader(str(shards), split="train").buckets
-             if int(b.split("x")[0]) * int(b.split("x")[1]) <= 128 * 128]  # CPU-sized buckets
-    cfg = load_config(DEFAULT_CONFIG, [f"train.data_path={shards.resolve()}", f"train.steps={steps}",
-                                       f"train.data_buckets={small}", "train.checkpoint_every=100"])
-    torch.manual_seed(cfg.train.seed)
-    untrained = PVQVAE(cfg).eval()
-    console.print(f"[bold]3/4 train[/]: debug model, {steps} steps on {shards} buckets {small} "
-                  "(DeepSpeed ZeRO-3, bf16, EMA)")
-    result = train_loop(cfg, out / "run")
-    console.print(f"loss {result.losses[0]:.4f} -> {sum(result.losses[-10:]) / min(10, len(result.losses)):.4f} "
-                  f"(last 10 steps); EMA export {result.export_dir}; MLflow run {result.run_id} "
-                  f"(mlflow ui --backend-store-uri sqlite:///{(out / 'run' / 'mlflow.db').resolve()})")
-    trained = PVQVAE.from_pretrained(result.export_dir)
-    console.print("[bold]4/4 reconstruct[/] the demo videos")
-    for title, model, sub in (("untrained debug model", untrained, "untrained"),
-                              (f"EMA weights after {result.step} steps", trained, "trained")):
-        rows = [reconstruct_file(model, v, out / "recon" / sub / v.name, 32, True)[0] for v in videos]
-        console.print(_metrics_table(title, rows))
-    console.print(f"try: pvq reconstruct {videos[0]} {out / 'again.mp4'} --checkpoint {result.export_dir}")
+    raise typer.Exit(main(list(ctx.args)))
 
 
-def _mount_data() -> None:
+def _mount_subcommands() -> None:
+    """Commands implemented beside their code (their imports stay lazy: none loads Prefect or Ray)."""
     from data_prep.cli import app as data_app
+    from flows.reproduce import typer_command as reproduce_command
+
+    from .evaluate import typer_command as eval_command
 
     app.add_typer(data_app, name="data", help="Shard, refresh and inspect datasets (Ray Data, webdataset).")
+    app.command("eval")(eval_command())
+    app.command("reproduce")(reproduce_command())
 
 
-_mount_data()
+_mount_subcommands()
 
 if __name__ == "__main__":
     app()

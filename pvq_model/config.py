@@ -180,6 +180,8 @@ class TrainConfig:
     data_path: str | None = None
     """Shard dataset (``pvq data shard`` output, local or s3://). ``None``: synthetic clips drawn
     per step with the same (bucket, frames) schedule (tests, benchmarks, demo without data)."""
+    data_version: str | None = None
+    """Dataset version to train on ("v000001"); default the dataset's LATEST at start."""
     data_buckets: list[str] | None = None
     """Bucket names ("WxH") to train on; default every bucket of the dataset."""
     num_workers: int = 0

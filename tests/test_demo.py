@@ -1,4 +1,4 @@
-"""`pvq demo` end to end on the embedded demo set, shortened: shard -> train -> reconstruct."""
+"""`pvq demo` (the whole DAG in-process, flows.demo) on the embedded demo set, shortened."""
 
 import re
 
@@ -9,19 +9,17 @@ from pvq_model.cli import app
 
 
 @pytest.mark.slow
-def test_demo_pipeline(tmp_path):
-    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--steps", "6"], terminal_width=200)
+def test_demo_dag(tmp_path, monkeypatch):
+    monkeypatch.setenv("PVQ_WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    res = CliRunner().invoke(app, ["demo", "--steps", "4", "--launcher", "single"], terminal_width=200)
     assert res.exit_code == 0, res.output[-3000:]
-    assert (tmp_path / "shards" / "LATEST").is_file()
-    assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
-    recon = sorted((tmp_path / "recon" / "trained").glob("*.mp4"))
-    assert len(recon) == 5
-    psnrs = [float(v) for v in re.findall(r"│\s+([\d.]+)\s+│\s+[\d.]+\s+│\s+absent", res.output)]
-    assert len(psnrs) == 10 and all(0 < p < 60 for p in psnrs)
-    # the training run records the dataset version it trained on
+    m = re.search(r"registered pvq-vae v(\d+) \(champion v(\d+)\), score ([\d.]+) dB", res.output)
+    assert m and int(m.group(1)) == 1 and int(m.group(2)) == 1 and 0 < float(m.group(3)) < 60
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}")
-    (run,) = client.search_runs([client.get_experiment_by_name("pvq-vae").experiment_id])
-    assert run.data.tags["data_version"] == "v000001"
-    assert len(run.data.tags["data_index_sha256"]) == 64
+    store = re.search(r"--backend-store-uri (sqlite:///\S+)", res.output).group(1)
+    client = MlflowClient(store)
+    version = client.get_model_version_by_alias("pvq-vae", "champion")
+    assert int(version.version) == 1 and version.tags["data_version"] == "v000001"

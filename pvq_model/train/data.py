@@ -37,4 +37,4 @@ def training_batches(cfg: PVQConfig, rank: int, world_size: int, start_step: int
         return synthetic_batches(cfg, rank, start_step)
     return iter(make_loader(t.data_path, split="train", batch_size=t.micro_batch, frames=cfg.data.frames,
                             buckets=t.data_buckets, seed=t.seed, rank=rank, world_size=world_size,
-                            start_step=start_step, num_workers=t.num_workers))
+                            start_step=start_step, num_workers=t.num_workers, version=t.data_version))

@@ -144,7 +144,7 @@ def train(cfg: PVQConfig, out: Path, *, max_steps: int | None = None, resume: bo
         local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
         logger = MLflowLogger(uri, t.mlflow_experiment, run_name=f"{cfg.name}-{out.name}",
                               artifact_root=out / "mlartifacts" if local else None)
-        tags = {**git_state(), **data_tags(t.data_path, data_version),
+        tags = {**git_state(), **data_tags(t.data_path, data_version or t.data_version),
                 "seed": str(t.seed), "world_size": str(world), "resumed_from": tag or "",
                 **{f"version.{k}": v for k, v in package_versions().items()}}
         logger.log_setup(cfg.to_dict(), ds_cfg, tags)

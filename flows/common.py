@@ -1,0 +1,92 @@
+"""Paths, environment and parameter checks shared by the flows (no work at import time).
+
+Every default lives under ``PVQ_WORK_DIR`` (default ``<project>/.cache/work``): the embedded demo
+set, the shard dataset, training runs, evaluation results and, without an MLflow server, the MLflow
+sqlite store and its artifact folder (never ``./mlruns``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_SOURCE = "demo"
+"""The source name that stands for the embedded demo set (generated on first use)."""
+MODEL_NAME = "pvq-vae"
+EXPERIMENT = "pvq-vae"
+EVAL_EXPERIMENT = "pvq-vae-reevaluation"
+DEFAULT_SHARD_CONFIG = "configs/shard/demo.yaml"
+DEFAULT_TRAIN_CONFIG = "configs/debug.yaml"
+
+# Settings that keep every library on this machine (DESIGN.md §5).
+LOCAL_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "HF_HUB_OFFLINE": "1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "NO_PROXY": "127.0.0.1,localhost",
+    "no_proxy": "127.0.0.1,localhost",
+}
+
+
+class ParameterError(ValueError):
+    """A flow parameter is wrong (missing source, unknown config key, unreachable storage); the
+    message says which parameter and what to do. Never retried."""
+
+
+def configure_env() -> None:
+    """Set the local-only settings (without overriding what the caller set)."""
+    for k, v in LOCAL_ENV.items():
+        os.environ.setdefault(k, v)
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+
+
+def work_dir() -> Path:
+    return Path(os.environ.get("PVQ_WORK_DIR") or ROOT / ".cache" / "work").resolve()
+
+
+def default_shards() -> str:
+    return str(work_dir() / "shards" / "demo")
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{work_dir() / 'mlflow' / 'mlflow.db'}"
+
+
+def local_artifact_root() -> Path:
+    return work_dir() / "mlflow" / "artifacts"
+
+
+def is_server(tracking_uri: str) -> bool:
+    """An MLflow tracking *server* (http/https), as opposed to a local sqlite/file store."""
+    return str(tracking_uri).startswith(("http://", "https://"))
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in str(uri) and not str(uri).startswith("file://")
+
+
+def project_path(p: str | os.PathLike | None) -> str | None:
+    """Absolute path for a local path (relative ones are relative to the project root, where the
+    deployments run); remote URIs unchanged."""
+    if p is None or is_remote(str(p)):
+        return None if p is None else str(p)
+    path = Path(str(p).removeprefix("file://"))
+    return str(path if path.is_absolute() else (ROOT / path).resolve())
+
+
+def fingerprint(*parts) -> str:
+    """sha256 of the JSON of ``parts`` (a stable cache key)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    p = Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "missing"
