@@ -190,10 +190,14 @@ def _mount_subcommands() -> None:
     from data_prep.cli import app as data_app
     from flows.reproduce import typer_command as reproduce_command
 
+    from . import ablate, baselines, report
     from .evaluate import typer_command as eval_command
 
     app.add_typer(data_app, name="data", help="Shard, refresh and inspect datasets (Ray Data, webdataset).")
     app.command("eval")(eval_command())
+    app.command("report")(report.typer_command())
+    app.command("ablate")(ablate.typer_command())
+    app.command("baseline")(baselines.typer_command())
     app.command("reproduce")(reproduce_command())
 
 

@@ -1,0 +1,389 @@
+"""A visual report of one or more evaluations: a self-contained HTML page beside its PNGs and mp4s.
+
+``build_report(eval_dirs, out_dir, run_dir=None)`` reads the ``summary.json`` + ``clips.parquet`` that
+:func:`pvq_model.evaluate.evaluate` wrote, and writes under ``out_dir``:
+
+* ``index.html`` - one page, no scripts, no remote resources; every image/video is a relative link;
+* ``table.md`` + the same table in the page - the paper's Table-1 layout (method, codebook size, dim,
+  PSNR/SSIM/LPIPS on images and videos; LPIPS "absent" when no weights are configured), one row per
+  evaluation;
+* ``clips/<n>_frames.png`` - for a fixed set of clips of the first evaluation (the first ``clips``
+  keys in sorted order, so the same clips on every run): original / reconstruction / error rows at
+  ``frames`` evenly spaced frames, the error amplified ``error_gain`` times; and ``clips/<n>.mp4``,
+  original and reconstruction side by side (videos only);
+* ``psnr_frames.png`` - per-frame PSNR of every video clip (temporal drift, chunk seams);
+* ``training.png`` - training curves (loss, reconstruction, quantizer loss, LR, codebook usage and
+  perplexity per step) from the run's local MLflow store ``run_dir/mlflow.db``;
+* ``codebook.png`` - code-frequency histograms per quantizer level over the fixed clips, with the
+  usage and perplexity over the whole evaluation set from ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+TRAIN_KEYS = ("loss", "recon", "quantizer", "lr", "quant/usage", "quant/perplexity")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def load_eval(eval_dir: str | Path) -> tuple[dict, list[dict]]:
+    """(summary, rows) of an evaluation directory, rows sorted by key."""
+    import pyarrow.parquet as pq
+
+    from .evaluate import CLIPS_FILE, SUMMARY_FILE
+
+    d = Path(eval_dir)
+    if not (d / SUMMARY_FILE).is_file():
+        raise FileNotFoundError(f"{d}: no {SUMMARY_FILE}; run `pvq eval --out {d}` first")
+    summary = json.loads((d / SUMMARY_FILE).read_text())
+    rows = pq.read_table(d / CLIPS_FILE).to_pylist() if (d / CLIPS_FILE).is_file() else []
+    return summary, sorted(rows, key=lambda r: r["key"])
+
+
+def _model_info(summary: dict) -> dict:
+    """Method, codebook size and dim from the evaluated model's config.yaml (when it is local)."""
+    import yaml
+
+    if summary.get("method_info"):  # a peer baseline (pvq_model.baselines) names itself
+        return dict(summary["method_info"])
+    cfg_file = Path(summary.get("model_dir") or "") / "config.yaml"
+    if not cfg_file.is_file():
+        return {"method": Path(str(summary.get("model", "?"))).name, "codebook_size": "?", "dim": "?"}
+    cfg = yaml.safe_load(cfg_file.read_text())
+    from .ablate import METHOD_NAMES
+
+    q, enc = cfg.get("quantizer", {}), cfg.get("model", {}).get("encoder", {})
+    method = METHOD_NAMES.get(q.get("type"), str(q.get("type")).upper())
+    off = [b for b, k in (("FFT", "fft"), ("DWT", "dwt")) if enc.get(k) is False]
+    return {"method": f"{method} w/o {', '.join(off)}" if off else method,
+            "codebook_size": q.get("codebook_size", "?"), "dim": q.get("dim", "?")}
+
+
+def metrics_table(summaries: list[dict], names: list[str] | None = None) -> list[list[str]]:
+    """Rows of the Table-1 layout (header first)."""
+    def cell(part, metric, digits):
+        if not part or not part.get("clips"):
+            return "n/a"
+        v = part.get(metric)
+        return "absent" if v is None else f"{v:.{digits}f}"
+
+    rows = [["Method", "Codebook size", "Dim", "Img PSNR", "Img SSIM", "Img LPIPS", "Vid PSNR", "Vid SSIM",
+             "Vid LPIPS"]]
+    for i, s in enumerate(summaries):
+        info = _model_info(s)
+        name = names[i] if names and i < len(names) else info["method"]
+        im, vi = s.get("images", {}), s.get("videos", {})
+        rows.append([name, str(info["codebook_size"]), str(info["dim"]),
+                     cell(im, "psnr", 2), cell(im, "ssim", 4), cell(im, "lpips", 4),
+                     cell(vi, "psnr", 2), cell(vi, "ssim", 4), cell(vi, "lpips", 4)])
+    return rows
+
+
+def _markdown(rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+# ---------------------------------------------------------------------------------------------
+def frame_grid(original: np.ndarray, recon: np.ndarray, frames: int = 4, error_gain: float = 4.0) -> np.ndarray:
+    """(3*H, k*W, 3) uint8: rows original / reconstruction / |error| x gain at k evenly spaced frames.
+
+    ``original``, ``recon``: (T, H, W, 3) uint8 (real frames only)."""
+    t = original.shape[0]
+    idx = np.unique(np.linspace(0, t - 1, min(frames, t)).round().astype(int))
+    err = np.abs(original.astype(np.int16) - recon.astype(np.int16)).astype(np.float32) * error_gain
+    err = err.clip(0, 255).astype(np.uint8)
+    rows = [np.concatenate(list(a[idx]), axis=1) for a in (original, recon, err)]
+    return np.concatenate(rows, axis=0)
+
+
+def _save_png(array: np.ndarray, path: Path) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def plot_psnr_frames(rows: list[dict], path: Path) -> Path | None:
+    plt = _plt()
+    vids = [r for r in rows if r["kind"] == "video" and r.get("psnr_frames")]
+    if not vids:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    for r in vids:
+        vals = [v for v in r["psnr_frames"][: r["frames"]] if v is not None]
+        ax.plot(range(len(vals)), vals, marker=".", label=r["key"][:40])
+    ax.set_xlabel("frame")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title("per-frame PSNR of the video clips")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_training(runs: dict[str, Path], path: Path, keys: tuple[str, ...] = TRAIN_KEYS) -> Path | None:
+    """Training curves per step from each run's ``mlflow.db``; one panel per logged key."""
+    from .ablate import smooth, read_mlflow_metrics
+
+    plt = _plt()
+    series = {n: read_mlflow_metrics(Path(d) / "mlflow.db", keys) for n, d in runs.items()}
+    series = {n: s for n, s in series.items() if s}
+    present = [k for k in keys if any(k in s for s in series.values())]
+    if not present:
+        return None
+    cols = min(3, len(present))
+    nrows = (len(present) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.2 * nrows), squeeze=False)
+    for ax, key in zip(axes.flat, present):
+        for name, s in series.items():
+            if key in s:
+                steps, vals = zip(*s[key])
+                if key == "lr":
+                    ax.plot(steps, vals, label=name, lw=1)
+                else:  # moving average over ~10 % of the steps; one step is one small batch
+                    ax.plot(steps, smooth(list(vals), max(1, len(vals) // 10)), label=name, lw=1)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if key in ("recon",) and all(v > 0 for s in series.values() for _, v in s.get(key, [])):
+            ax.set_yscale("log")
+    for ax in list(axes.flat)[len(present):]:
+        ax.axis("off")
+    if len(series) > 1:
+        axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_codebook(counts: list[np.ndarray], summary: dict, path: Path) -> Path | None:
+    """Per level: frequency of each used code, most frequent first (log scale), titled with the
+    usage and perplexity over the whole evaluation set."""
+    if not counts:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(counts), figsize=(4 * len(counts), 3.2), squeeze=False)
+    stats = summary.get("codebook", {})
+    for i, (ax, c) in enumerate(zip(axes[0], counts)):
+        used = np.sort(c[c > 0])[::-1]
+        ax.bar(np.arange(len(used)), used, width=1.0)
+        ax.set_yscale("log")
+        st = stats.get(f"level{i}", {})
+        ax.set_title(f"level {i}: {st.get('codes_used', int((c > 0).sum()))}/{st.get('codebook_size', len(c))} "
+                     f"used, ppl {st.get('perplexity', float('nan')):.1f}", fontsize=9)
+        ax.set_xlabel("code rank")
+        ax.set_ylabel("tokens")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def reconstruct_clips(summary: dict, keys: list[str], out: Path, frames: int, error_gain: float,
+                      fps: float = 8.0) -> tuple[list[dict], list[np.ndarray]]:
+    """Reconstruct the clips ``keys`` of the evaluated data with the evaluated model; write the
+    frame grids and mp4s; return per-clip entries and code counts per level."""
+    import torch
+
+    from .evaluate import iter_clips, load_model
+    from .video_io import to_uint8, write_video
+
+    if summary.get("method_info"):  # a diffusers peer baseline: continuous latent, no codes
+        from .baselines import load_diffusers_autoencoder, reconstruct
+
+        peer = load_diffusers_autoencoder(summary["model_dir"])
+
+        def run(x):
+            return reconstruct(peer, x), None
+    else:
+        model, _ = load_model(summary["model_dir"])
+        model.eval()
+
+        def run(x):
+            return model.reconstruct(x, tiled=bool(summary.get("tiled", True)))
+    wanted = set(keys)
+    entries, counts = [], []
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for clip in iter_clips(summary["data"], summary.get("split", "val"), summary.get("data_version")):
+            if clip.key not in wanted:
+                continue
+            n = len(entries)
+            recon, quant = run(clip.video)
+            real = clip.frames
+            orig_u8, rec_u8 = to_uint8(clip.video)[:real], to_uint8(recon.float())[:real]
+            grid = frame_grid(orig_u8, rec_u8, frames, error_gain)
+            e = {"key": clip.key, "kind": clip.kind, "bucket": clip.bucket, "frames": real,
+                 "grid": _save_png(grid, out / "clips" / f"{n:02d}_frames.png").relative_to(out).as_posix(),
+                 "grid_shape": list(grid.shape), "video": None}
+            if clip.kind == "video":
+                side = np.concatenate([orig_u8, rec_u8], axis=2)
+                e["video"] = write_video(out / "clips" / f"{n:02d}.mp4", side, fps=fps).relative_to(out).as_posix()
+            entries.append(e)
+            levels = [] if quant is None else (
+                quant.indices if isinstance(quant.indices, (list, tuple)) else [quant.indices])
+            for i, idx in enumerate(levels):
+                c = np.bincount(idx.reshape(-1).long().numpy(), minlength=1)
+                if i == len(counts):
+                    counts.append(c)
+                else:
+                    m = max(len(c), len(counts[i]))
+                    counts[i] = np.pad(counts[i], (0, m - len(counts[i]))) + np.pad(c, (0, m - len(c)))
+            if len(entries) == len(wanted):
+                break
+    return entries, counts
+
+
+# ---------------------------------------------------------------------------------------------
+# the page
+# ---------------------------------------------------------------------------------------------
+CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1300px;color:#222}
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+td:first-child,th:first-child{text-align:left}th{background:#f2f2f2}img{max-width:100%;border:1px solid #ddd;image-rendering:pixelated}
+.clip{margin:12px 0 24px}.meta{color:#666;font-size:90%}h2{border-bottom:1px solid #ddd;padding-bottom:4px}
+video{border:1px solid #ddd;image-rendering:pixelated}"""
+
+
+def _img(src: str, alt: str, width: int | None = None) -> str:
+    w = f' width="{width}"' if width else ""
+    return f'<img src="{html.escape(src)}" alt="{html.escape(alt)}"{w}>'
+
+
+def build_report(eval_dirs: str | Path | list[str | Path], out_dir: str | Path,
+                 run_dir: str | Path | dict[str, str | Path] | None = None, *, names: list[str] | None = None,
+                 clips: int = 4, frames: int = 4, error_gain: float = 4.0, title: str = "PVQ-VAE evaluation report",
+                 extra_markdown: str | None = None, extra_images: list[str | Path] | None = None) -> Path:
+    """Write ``out_dir/index.html`` and its figures (see the module docstring); returns the page.
+
+    ``eval_dirs``: one or more ``pvq eval --out`` directories (the first one gets the clip figures);
+    ``run_dir``: a training run directory (with ``mlflow.db``) or ``{name: run_dir}`` for several;
+    ``names``: table row names (default: the method from each model's config)."""
+    eval_dirs = [eval_dirs] if isinstance(eval_dirs, (str, Path)) else list(eval_dirs)
+    if not eval_dirs:
+        raise ValueError("build_report needs at least one evaluation directory")
+    out = Path(out_dir)
+    if (out / "clips").is_dir():
+        shutil.rmtree(out / "clips")
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = [load_eval(d) for d in eval_dirs]
+    summaries = [s for s, _ in loaded]
+    summary, rows = loaded[0]
+
+    table = metrics_table(summaries, names)
+    (out / "table.md").write_text(_markdown(table))
+
+    keys = [r["key"] for r in rows][:clips]
+    entries, counts = reconstruct_clips(summary, keys, out, frames, error_gain) if keys else ([], [])
+    figures = {}
+    if plot_psnr_frames(rows, out / "psnr_frames.png"):
+        figures["psnr_frames"] = "psnr_frames.png"
+    runs = {} if run_dir is None else (
+        {str(k): Path(v) for k, v in run_dir.items()} if isinstance(run_dir, dict) else {Path(run_dir).name: Path(run_dir)})
+    if runs and plot_training(runs, out / "training.png"):
+        figures["training"] = "training.png"
+    if plot_codebook(counts, summary, out / "codebook.png"):
+        figures["codebook"] = "codebook.png"
+    extras = []
+    for p in extra_images or []:
+        p = Path(p)
+        if p.is_file():
+            shutil.copyfile(p, out / p.name)
+            extras.append(p.name)
+
+    h = [f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
+         f"<style>{CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
+         f"<p class=\"meta\">model <code>{html.escape(str(summary.get('model')))}</code> &middot; data "
+         f"<code>{html.escape(str(summary.get('data')))}</code> ({html.escape(str(summary.get('data_version') or 'folder'))}, "
+         f"split {html.escape(str(summary.get('split')))}) &middot; {summary['overall']['clips']} clips, "
+         f"{summary['overall']['frames']} frames &middot; LPIPS "
+         f"{'configured' if summary.get('lpips_available') else 'absent (no LPIPS weights configured)'}</p>",
+         "<h2>Metrics (Table-1 layout)</h2>", "<table><thead><tr>"
+         + "".join(f"<th>{html.escape(c)}</th>" for c in table[0]) + "</tr></thead><tbody>"]
+    h += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in table[1:]]
+    h.append("</tbody></table>")
+    if extra_markdown:
+        h.append(f"<details><summary>markdown</summary><pre>{html.escape(extra_markdown)}</pre></details>")
+    by = summary.get("by_bucket", {})
+    if by:
+        h.append("<h3>Per resolution bucket (first model)</h3><table><thead><tr><th>bucket</th><th>clips</th>"
+                 "<th>PSNR</th><th>SSIM</th></tr></thead><tbody>")
+        h += [f"<tr><td>{html.escape(k)}</td><td>{a['clips']}</td><td>{a['psnr']:.2f}</td><td>{a['ssim']:.4f}</td></tr>"
+              for k, a in by.items() if a.get("psnr") is not None]
+        h.append("</tbody></table>")
+    for name in extras:
+        cap = {"curves_fft_dwt": "Training curves: FFT/DWT branch ablation",
+               "curves_all": "Training curves: all variants"}.get(Path(name).stem, Path(name).stem.replace("_", " "))
+        h.append(f"<h2>{html.escape(cap)}</h2>{_img(name, cap)}")
+    h.append(f"<h2>Clips: original / reconstruction / error &times;{error_gain:g}</h2>")
+    for e in entries:
+        gw = e["grid_shape"][1]
+        h.append(f"<div class=\"clip\"><div class=\"meta\">{html.escape(e['key'])} &middot; {e['kind']} "
+                 f"{e['bucket']} &middot; {e['frames']} frame(s)</div>"
+                 f"{_img(e['grid'], e['key'], gw * max(1, min(4, 480 // gw)))}")
+        if e["video"]:
+            width = 2 * int(e["bucket"].split("x")[0])
+            h.append(f"<div><video controls loop muted width=\"{min(width * max(1, 480 // width), 1200)}\" "
+                     f"src=\"{html.escape(e['video'])}\"></video> <span class=\"meta\">original | reconstruction"
+                     f" (<a href=\"{html.escape(e['video'])}\">mp4</a>)</span></div>")
+        h.append("</div>")
+    captions = {"psnr_frames": "Per-frame PSNR", "training": "Training curves (MLflow run)",
+                "codebook": "Codebook usage"}
+    for k, cap in captions.items():
+        if k in figures:
+            h.append(f"<h2>{cap}</h2>{_img(figures[k], cap)}")
+    h.append("</body></html>\n")
+    page = out / "index.html"
+    page.write_text("\n".join(h))
+    (out / "report.json").write_text(json.dumps({"eval_dirs": [str(d) for d in eval_dirs], "clips": entries,
+                                                 "figures": figures, "extra_images": extras}, indent=2))
+    return page
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI (mount as `pvq report`)
+# ---------------------------------------------------------------------------------------------
+def typer_command():
+    """``pvq report``: a typer command function; register with ``app.command("report")(typer_command())``."""
+    import typer
+
+    def report_(
+        eval_dir: list[Path] = typer.Option(..., "--eval", help="pvq eval --out directory (repeat to compare)"),
+        out: Path = typer.Option(Path("report"), "--out", help="output directory"),
+        run: Path = typer.Option(None, "--run", help="training run directory (its mlflow.db gives the curves)"),
+        clips: int = typer.Option(4, help="clips shown"),
+        frames: int = typer.Option(4, help="frames shown per clip"),
+    ):
+        """A self-contained HTML page: frames, reconstructions, error maps, curves, codebook usage, table."""
+        try:
+            page = build_report(eval_dir, out, run, clips=clips, frames=frames)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise typer.Exit(2) from None
+        print(f"report: {page}")
+
+    return report_
+
+
+

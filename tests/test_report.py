@@ -1,0 +1,193 @@
+"""pvq_model.report: figures on known inputs, MLflow curves read back exactly, and a full report of a
+tiny model evaluated on generated clips (HTML parses, every link resolves, PNGs have the expected
+sizes, the table carries the evaluation's numbers)."""
+
+from __future__ import annotations
+
+import json
+import os
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pvq_model import report as rp
+from pvq_model.ablate import read_mlflow_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links: list[tuple[str, str]] = []
+        self.tags: list[str] = []
+        self.cells: list[str] = []
+        self._in_td = False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        a = dict(attrs)
+        for k in ("src", "href"):
+            if a.get(k):
+                self.links.append((tag, a[k]))
+        self._in_td = tag == "td"
+
+    def handle_endtag(self, tag):
+        if tag == "td":
+            self._in_td = False
+
+    def handle_data(self, data):
+        if self._in_td:
+            self.cells.append(data)
+
+
+def test_frame_grid_layout_and_amplified_error():
+    orig = np.zeros((8, 6, 5, 3), np.uint8)
+    orig[:, :, :, 0] = np.arange(8)[:, None, None] * 10  # frame t has red = 10 t
+    recon = orig.copy()
+    recon[..., 1] = 20  # green off by 20 everywhere
+    grid = rp.frame_grid(orig, recon, frames=4, error_gain=4.0)
+    assert grid.shape == (3 * 6, 4 * 5, 3) and grid.dtype == np.uint8
+    # frames 0, 2, 5, 7 (evenly spaced incl. first and last), left to right
+    assert [int(grid[0, 5 * i, 0]) for i in range(4)] == [0, 20, 50, 70]
+    assert np.array_equal(grid[6:12], np.concatenate(list(recon[[0, 2, 5, 7]]), axis=1))
+    err = grid[12:18]
+    assert (err[..., 1] == 80).all() and (err[..., 0] == 0).all()
+    # a one-frame clip (an image) gives one column; the error saturates at 255
+    one = rp.frame_grid(np.zeros((1, 4, 4, 3), np.uint8), np.full((1, 4, 4, 3), 100, np.uint8), frames=4)
+    assert one.shape == (12, 4, 3) and (one[8:] == 255).all()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A run directory whose mlflow.db holds a few known per-step metrics (as the trainer logs them)."""
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    from mlflow.tracking import MlflowClient
+
+    d = tmp_path_factory.mktemp("run")
+    client = MlflowClient(f"sqlite:///{d / 'mlflow.db'}")
+    exp = client.create_experiment("pvq", artifact_location=(d / "mlartifacts").as_uri())
+    run = client.create_run(exp)
+    for step in range(6):
+        client.log_metric(run.info.run_id, "loss", 1.0 / (step + 1), step=step)
+        client.log_metric(run.info.run_id, "recon", 0.5 / (step + 1), step=step)
+        client.log_metric(run.info.run_id, "quant/usage", 0.1 * step, step=step)
+    client.set_terminated(run.info.run_id)
+    return d
+
+
+def test_read_mlflow_metrics_exact(run_dir):
+    m = read_mlflow_metrics(run_dir / "mlflow.db")
+    assert set(m) == {"loss", "recon", "quant/usage"}
+    assert m["loss"] == [(s, pytest.approx(1.0 / (s + 1))) for s in range(6)]
+    assert read_mlflow_metrics(run_dir / "mlflow.db", ("recon",))["recon"][-1] == (5, pytest.approx(0.5 / 6))
+    assert read_mlflow_metrics(run_dir / "missing.db") == {}
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """A random debug model evaluated on two generated videos and one image (folder input)."""
+    from pvq_model.config import load_config
+    from pvq_model.demo import synthetic_clip
+    from pvq_model.evaluate import evaluate
+    from pvq_model.vae import PVQVAE
+    from pvq_model.video_io import write_video
+
+    root = tmp_path_factory.mktemp("report")
+    media = root / "media"
+    media.mkdir()
+    write_video(media / "a_64x64.mp4", synthetic_clip(0, 16, 64, 64), fps=8, crf=10)
+    write_video(media / "b_96x64.mp4", synthetic_clip(1, 16, 64, 96), fps=8, crf=10)
+    Image.fromarray(synthetic_clip(2, 1, 64, 64)[0]).save(media / "c_image.png")
+    torch.manual_seed(0)
+    model = PVQVAE(load_config(ROOT / "configs" / "debug.yaml")).eval().save_pretrained(root / "model")
+    res = evaluate(model, media, root / "eval")
+    return root, res
+
+
+def test_report_renders_and_links_resolve(evaluated, run_dir):
+    root, res = evaluated
+    out = root / "html"
+    page = rp.build_report(root / "eval", out, run_dir=run_dir, clips=3, frames=4)
+    assert page == out / "index.html"
+    parser = _Links()
+    parser.feed(page.read_text())
+    parser.close()
+    assert parser.tags[0] == "html" and "table" in parser.tags
+    assert not any(link.startswith(("http:", "https:", "//")) for _, link in parser.links)  # self-contained
+    linked = {link for _, link in parser.links}
+    for link in linked:
+        assert (out / link).is_file() and (out / link).stat().st_size > 0, link
+
+    meta = json.loads((out / "report.json").read_text())
+    clips = {c["key"]: c for c in meta["clips"]}
+    assert sorted(clips) == ["a_64x64.mp4", "b_96x64.mp4", "c_image.png"]  # the fixed, sorted set
+    expected = {"a_64x64.mp4": (3 * 64, 4 * 64), "b_96x64.mp4": (3 * 64, 4 * 96), "c_image.png": (3 * 64, 64)}
+    for key, (h, w) in expected.items():
+        png = out / clips[key]["grid"]
+        assert png.read_bytes()[:8] == PNG_MAGIC and png.name in {Path(x).name for x in linked}
+        with Image.open(png) as im:
+            assert im.size == (w, h)
+            assert np.asarray(im).std() > 0  # not a blank image
+    assert clips["c_image.png"]["video"] is None
+    for key in ("a_64x64.mp4", "b_96x64.mp4"):  # side-by-side mp4: 2 W x H, every real frame
+        from pvq_model.video_io import read_video
+
+        frames, _ = read_video(out / clips[key]["video"])
+        assert frames.shape[0] == 16 and frames.shape[2] == 2 * expected[key][1] // 4
+    for fig in ("psnr_frames.png", "training.png", "codebook.png"):
+        assert fig in linked and (out / fig).read_bytes()[:8] == PNG_MAGIC
+        with Image.open(out / fig) as im:
+            assert im.size[0] >= 300 and im.size[1] >= 200
+
+    # the table carries the evaluation's numbers; LPIPS is "absent", not 0
+    s = res.summary
+    assert f"{s['images']['psnr']:.2f}" in parser.cells and f"{s['videos']['psnr']:.2f}" in parser.cells
+    assert f"{s['videos']['ssim']:.4f}" in parser.cells
+    assert parser.cells.count("absent") == 2 and "PVQ" in parser.cells
+    md = (out / "table.md").read_text().splitlines()
+    assert md[0].startswith("| Method | Codebook size | Dim | Img PSNR")
+    assert md[2] == (f"| PVQ | 65536 | 16 | {s['images']['psnr']:.2f} | {s['images']['ssim']:.4f} | absent | "
+                     f"{s['videos']['psnr']:.2f} | {s['videos']['ssim']:.4f} | absent |")
+
+    # a second build gives the same clip figures (fixed clips, deterministic model)
+    before = {k: (out / c["grid"]).read_bytes() for k, c in clips.items()}
+    rp.build_report(root / "eval", out, run_dir=run_dir, clips=3, frames=4)
+    assert before == {k: (out / c["grid"]).read_bytes() for k, c in clips.items()}
+
+
+def test_metrics_table_marks_missing_kinds_and_names_rows(evaluated):
+    root, res = evaluated
+    s = dict(res.summary)
+    s["images"] = {"clips": 0, "frames": 0, "psnr": None, "ssim": None, "lpips": None}
+    rows = rp.metrics_table([s, res.summary], names=["only videos", "all"])
+    assert rows[1][:6] == ["only videos", "65536", "16", "n/a", "n/a", "n/a"]
+    assert rows[2][0] == "all" and rows[2][3] == f"{res.summary['images']['psnr']:.2f}"
+
+
+def test_report_errors_name_the_missing_evaluation(tmp_path):
+    with pytest.raises(FileNotFoundError, match="summary.json"):
+        rp.build_report(tmp_path / "nope", tmp_path / "out")
+    with pytest.raises(ValueError, match="at least one"):
+        rp.build_report([], tmp_path / "out")
+
+
+def test_typer_command_writes_the_page(evaluated, run_dir):
+    import typer
+    from typer.testing import CliRunner
+
+    root, _ = evaluated
+    app = typer.Typer()
+    app.command("report")(rp.typer_command())
+    app.command("noop")(lambda: None)
+    res = CliRunner().invoke(app, ["report", "--eval", str(root / "eval"), "--out", str(root / "cli"),
+                                   "--run", str(run_dir), "--clips", "1"])
+    assert res.exit_code == 0, res.output
+    assert (root / "cli" / "index.html").is_file() and len(json.loads((root / "cli" / "report.json").read_text())["clips"]) == 1
+    res = CliRunner().invoke(app, ["report", "--eval", str(root / "missing"), "--out", str(root / "cli2")])
+    assert res.exit_code == 2 and "summary.json" in res.output
