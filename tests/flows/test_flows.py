@@ -118,3 +118,31 @@ def test_reproduce_dry_run_prints_checkout_and_launch_command(trained, mlflow_ur
     assert f"checkout {plan['commit']}" in printed and plan["command"] in printed
     assert not (tmp_path / "run").exists()  # a dry run trains nothing
     assert reproduce_command("models:/pvq-vae@nope", True, tracking_uri=mlflow_uri) == 2
+
+
+def test_ablate_flow_runs_each_variant_as_a_task(harness, trained, session_dir, tmp_path):
+    from flows.ablate import ablate_flow
+    from tests.conftest import ROOT
+
+    _, data = trained
+    state = ablate_flow(configs=[str(ROOT / "configs" / "ablations" / "lfq.yaml")], data=data, steps=2,
+                        out=str(tmp_path / "abl"), limit=1, return_state=True)
+    assert state.is_completed(), state.message
+    res = state.result()
+    assert res["failed"] == []
+    rows = [line for line in res["table"].splitlines() if line.startswith("| ") and "Method" not in line]
+    assert len(rows) == 1 and rows[0].startswith("| LFQ | 65536 | 16 |")
+    assert (tmp_path / "abl" / "ablation.md").is_file() and (tmp_path / "abl" / "ablation.json").is_file()
+
+
+def test_ablate_flow_fails_fast_on_a_bad_config(harness, trained, tmp_path):
+    from flows.ablate import ablate_flow
+    from tests.conftest import ROOT
+
+    _, data = trained
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("quantizer:\n  typo_key: 1\n")
+    state = ablate_flow(configs=[str(ROOT / "configs" / "ablations" / "lfq.yaml"), str(broken)], data=data,
+                        steps=2, out=str(tmp_path / "abl"), return_state=True)
+    assert state.is_failed() and "quantizer.typo_key" in state.message
+    assert not (tmp_path / "abl" / "runs").exists()  # nothing trained
