@@ -161,7 +161,10 @@ def smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
-def plot_curves(runs: dict[str, Path], path: Path, keys: tuple[str, ...] = ("loss", "recon"),
+CURVE_KEYS = ("train/psnr", "train/ssim", "loss")  # the paper's Fig. 1 (PSNR, SSIM) and Fig. 2 (loss)
+
+
+def plot_curves(runs: dict[str, Path], path: Path, keys: tuple[str, ...] = CURVE_KEYS,
                 title: str = "training curves") -> Path | None:
     """One panel per metric key, one line per run (moving average over ~10 % of the steps)."""
     import matplotlib
@@ -182,7 +185,7 @@ def plot_curves(runs: dict[str, Path], path: Path, keys: tuple[str, ...] = ("los
                 ax.plot(steps, smooth(list(vals), max(1, len(vals) // 10)), label=name)
         ax.set_xlabel("step")
         ax.set_ylabel(key)
-        if all(v > 0 for s in series.values() for _, v in s.get(key, [])):
+        if not key.startswith("train/") and all(v > 0 for s in series.values() for _, v in s.get(key, [])):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)

@@ -188,6 +188,9 @@ class TrainConfig:
     fixed_batch: bool = False
     """Repeat the first batch every step (overfitting checks)."""
     log_every: int = 1
+    image_metrics_every: int = 100
+    """Log PSNR / SSIM of the step's reconstructions (valid frames) every this many steps; the
+    training curves of the paper's Fig. 1. 0 disables."""
     dist_timeout_s: int = 1800
     """Timeout of every collective, so a rank stuck in rank-0-only work fails loudly."""
     persistence_threshold: int | None = None

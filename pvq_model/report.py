@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-TRAIN_KEYS = ("loss", "recon", "quantizer", "lr", "quant/usage", "quant/perplexity")
+TRAIN_KEYS = ("train/psnr", "train/ssim", "loss", "recon", "quantizer", "lr", "quant/usage", "quant/perplexity")
 
 
 def _plt():

@@ -199,6 +199,8 @@ def train(cfg: PVQConfig, out: Path, *, max_steps: int | None = None, resume: bo
                            "samples_per_s": t.micro_batch * t.grad_accum * world / max(dt, 1e-9)}
                 if grad_norm is not None:
                     metrics["grad_norm"] = float(grad_norm)
+                if t.image_metrics_every and step % t.image_metrics_every == 0:
+                    metrics.update(image_metrics(x, out_g.recon, mask))
                 logger.log_metrics(metrics, step)
             bar.update(1)
             bar.set_postfix(loss=f"{parts_sum['loss']:.4f}", bucket=batch["bucket"], frames=batch["frames"])
@@ -218,6 +220,16 @@ def train(cfg: PVQConfig, out: Path, *, max_steps: int | None = None, resume: bo
         bar.close()
         if logger is not None:
             logger.close(status)
+
+
+@torch.no_grad()
+def image_metrics(x: torch.Tensor, recon: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """PSNR / SSIM of a training batch's reconstructions over its valid frames (rank 0's batch)."""
+    from ..metrics import frame_psnr, frame_ssim
+    from ..perceptual import frames_of
+
+    fx, fy = frames_of(x.float(), mask), frames_of(recon.float(), mask)
+    return {"train/psnr": float(frame_psnr(fx, fy).mean()), "train/ssim": float(frame_ssim(fx, fy).mean())}
 
 
 def data_tags(data_path: str | None, version: str | None = None) -> dict[str, str]:

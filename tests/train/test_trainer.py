@@ -97,6 +97,9 @@ def test_two_ranks_zero3_bf16_loss_decreases_on_a_fixed_batch(tmp_path):
     lrs = [m.value for m in client.get_metric_history(run.info.run_id, "lr")]
     assert lrs == pytest.approx([lr_at(cfg, s) for s in range(16)], abs=1e-12)
     assert lrs[0] == 0.0 and lrs[2] == pytest.approx(1e-3)
+    psnr = [m.value for m in client.get_metric_history(run.info.run_id, "train/psnr")]
+    ssim = [m.value for m in client.get_metric_history(run.info.run_id, "train/ssim")]
+    assert len(psnr) == len(ssim) == 16 and psnr[-1] > psnr[0] and all(-1 <= v <= 1 for v in ssim)
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"deepspeed_config.json", "config.json", "export"} <= arts
 
