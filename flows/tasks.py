@@ -359,6 +359,17 @@ def log_evaluation(tracking_uri: str, run_id: str, summary: dict, eval_dir: str)
     return metrics
 
 
+@task(name="write-report", retries=2, retry_delay_seconds=3, retry_condition_fn=transient_only)
+def write_report(tracking_uri: str, run_id: str, eval_dir: str, run_dir: str) -> str:
+    """The HTML report (frames, errors, per-frame PSNR, training curves, codebook usage) of the
+    evaluated export, written beside the run and logged on it as ``report/``. Returns the page."""
+    from pvq_model.report import build_report
+
+    page = build_report(eval_dir, Path(run_dir) / "report", run_dir=run_dir)
+    registry.client(tracking_uri).log_artifacts(run_id, str(page.parent), "report")
+    return str(page)
+
+
 @task(name="register-model", retries=2, retry_delay_seconds=3, retry_condition_fn=transient_only)
 def register_model(tracking_uri: str, name: str, run_id: str, summary: dict, dataset: dict,
                    train_config: dict) -> str:

@@ -20,7 +20,7 @@ from flows.common import (DEFAULT_SHARD_CONFIG, DEFAULT_TRAIN_CONFIG, MODEL_NAME
                      default_shards, default_tracking_uri, fingerprint, project_path, work_dir)
 from flows.shard_data import shard_data
 from flows.tasks import (check_dataset, evaluate_model, launch_training, log_evaluation, promote_if_better,
-                    register_model, validate_training)
+                    register_model, validate_training, write_report)
 
 # The demo-set defaults: a short run; EMA decay 0.9 so the evaluated EMA export reflects 20 steps
 # (with the paper's 0.999 it would still be ~98 % the initial weights).
@@ -70,9 +70,10 @@ def train_pvq(config: str = DEFAULT_TRAIN_CONFIG, overrides: list[str] | None = 
     eval_dir = run / "evaluation"
     summary = evaluate_model(result["export"], data, str(eval_dir), dataset["version"])
     metrics = log_evaluation(tracking_uri, result["mlflow_run_id"], summary, str(eval_dir))
+    report = write_report(tracking_uri, result["mlflow_run_id"], str(eval_dir), str(run))
     version = register_model(tracking_uri, model_name, result["mlflow_run_id"], summary, dataset, train_cfg)
     promotion = promote_if_better(tracking_uri, model_name, version, dataset, str(run / "champion-eval"))
     print(f"model {model_name} v{version}: score {promotion['score']:.3f} dB; champion is v{promotion['champion']}"
           f"{' (promoted)' if promotion['promoted'] else ''}; MLflow {tracking_uri}, run {result['mlflow_run_id']}")
     return {"run_id": result["mlflow_run_id"], "run_dir": str(run), "version": version, "data_version": dataset["version"],
-            "metrics": metrics, **promotion, "flow_run": flow_run.get_id()}
+            "metrics": metrics, "report": report, **promotion, "flow_run": flow_run.get_id()}

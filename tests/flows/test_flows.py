@@ -5,6 +5,7 @@ bad parameters failing fast with nothing registered, reevaluate and refresh-shar
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -45,7 +46,8 @@ def test_train_pvq_registers_champion_with_provenance(trained, mlflow_uri, sessi
     assert run.data.metrics["eval/videos/clips"] >= 1 and run.data.metrics["eval/images/clips"] >= 1
     assert "eval/overall/lpips" not in run.data.metrics  # no LPIPS weights: absent
     artifacts = {f.path for f in c.list_artifacts(res["run_id"])}
-    assert {"config.json", "deepspeed_config.json", "export", "evaluation"} <= artifacts
+    assert {"config.json", "deepspeed_config.json", "export", "evaluation", "report"} <= artifacts
+    assert Path(res["report"]).is_file() and "<html" in Path(res["report"]).read_text().lower()
     # artifacts went to the store's folder under PVQ_WORK_DIR, never ./mlruns
     assert run.info.artifact_uri.startswith((session_dir / "work" / "mlflow" / "artifacts").as_uri())
 
