@@ -87,16 +87,32 @@ def resolve_model(model: str | Path, tracking_uri: str | None = None, cache_dir:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
+    # the tracking URI is passed, never set globally: mlflow.set_tracking_uri also sets the
+    # MLFLOW_TRACKING_URI environment variable, which would redirect every later run in the process
+    uri = tracking_uri or mlflow.get_tracking_uri()
     dst = Path(cache_dir or tempfile.mkdtemp(prefix="pvq-model-"))
     dst.mkdir(parents=True, exist_ok=True)
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=str(model), dst_path=str(dst))
+        source = _registry_source(str(model), uri) if str(model).startswith("models:/") else str(model)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=uri)
     except MlflowException as e:
-        raise EvaluationError(f"{model}: cannot load from MLflow ({mlflow.get_tracking_uri()}): "
-                              f"{e.message.splitlines()[0]}") from None
+        raise EvaluationError(f"{model}: cannot load from MLflow ({uri}): {e.message.splitlines()[0]}") from None
     return _find_export(Path(local))
+
+
+def _registry_source(model_uri: str, tracking_uri: str) -> str:
+    """The artifact URI behind ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``, resolved with an
+    explicit client (the registry is the tracking store)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    ref = model_uri.removeprefix("models:/").strip("/")
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias).version
+    else:
+        name, _, version = ref.partition("/")
+    return client.get_model_version_download_uri(name, str(version))
 
 
 def load_model(model: str | Path, tracking_uri: str | None = None) -> tuple[PVQVAE, str]:

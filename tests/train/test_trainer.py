@@ -60,6 +60,7 @@ def test_ema_update_rule():
 def _train(out: Path, *sets: str, nproc: int = 2, extra: tuple[str, ...] = ()) -> dict:
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(ROOT / ".cache" / "torch_extensions"),
            "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONWARNINGS": "ignore::FutureWarning"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the runs log to sqlite in their run directory
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(ISOLATED), str(torchrun), "--standalone", f"--nproc_per_node={nproc}", "-m", "pvq_model.train",
            "--config", str(ROOT / "configs" / "debug.yaml"), "--out", str(out),
@@ -125,6 +126,7 @@ def test_sigterm_checkpoints_and_resume_continues(tmp_path):
 
     out = tmp_path / "run"
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONWARNINGS": "ignore::FutureWarning"}
+    env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [sys.executable, "-m", "pvq_model.train", "--config", str(ROOT / "configs" / "debug.yaml"),
            "--out", str(out), "--set", "train.steps=500", "--set", "train.checkpoint_every=100000"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
