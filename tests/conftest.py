@@ -18,7 +18,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 @pytest.fixture(scope="session")
 def media_dir() -> Path:
-    if not (MEDIA / "videos").is_dir():
+    if not (MEDIA / "videos").is_dir() or not (MEDIA / "images").is_dir():
         pytest.skip(f"real footage not found at {MEDIA} (set PVQ_MEDIA_DIR or provide ../shared/media); "
                     "the core tests use generated media instead")
     return MEDIA

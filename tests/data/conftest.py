@@ -13,7 +13,6 @@ from data_prep.samples import make_demo_set
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = ROOT / "configs" / "shard" / "demo.yaml"
-MEDIA = Path(os.environ.get("PVQ_MEDIA_DIR", ROOT.parent / "shared" / "media"))
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -80,12 +79,3 @@ def s3_server():
             else:
                 os.environ[k] = v
         server.stop()
-
-
-@pytest.fixture(scope="session")
-def media_dir():
-    """The real footage in ../shared/media, or a skip that says why."""
-    videos, images = MEDIA / "videos", MEDIA / "images"
-    if not videos.is_dir() or not images.is_dir():
-        pytest.skip(f"real media not found at {MEDIA} (set PVQ_MEDIA_DIR to its folder to run this test)")
-    return MEDIA
