@@ -89,7 +89,9 @@ def resolve_model(model: str | Path, tracking_uri: str | None = None, cache_dir:
 
     # the tracking URI is passed, never set globally: mlflow.set_tracking_uri also sets the
     # MLFLOW_TRACKING_URI environment variable, which would redirect every later run in the process
-    uri = tracking_uri or mlflow.get_tracking_uri()
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:  # MLflow's own default would create ./mlflow.db in the current directory
+        raise EvaluationError(f"{model}: no MLflow tracking URI; set MLFLOW_TRACKING_URI or pass tracking_uri")
     dst = Path(cache_dir or tempfile.mkdtemp(prefix="pvq-model-"))
     dst.mkdir(parents=True, exist_ok=True)
     try:
