@@ -1,7 +1,8 @@
 """A plain single-process PyTorch training loop (no DeepSpeed, no GAN).
 
-Used by ``make demo`` to fit the debug model on a few clips in seconds, and as the plain-PyTorch
-peer that the DeepSpeed trainer is benchmarked against. The paper's training is ``pvq_model.train``.
+The plain-PyTorch peer that the DeepSpeed trainer is benchmarked against
+(``benchmarks/train_step.py``), and a quick way to overfit a model on a few clips in a notebook.
+The paper's training is ``pvq_model.train``.
 """
 
 from __future__ import annotations
