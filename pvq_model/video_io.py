@@ -7,7 +7,6 @@ the model's (1, 3, T, H, W) float layout in [-1, 1].
 from __future__ import annotations
 
 import shutil
-from fractions import Fraction
 from pathlib import Path
 
 import ffmpeg
@@ -26,34 +25,16 @@ def require_ffmpeg() -> None:
             raise MediaError(f"{tool} not found on PATH: install it (apt-get install -y ffmpeg)")
 
 
-def probe(path: str | Path) -> dict:
-    """Width, height, fps, frame count estimate and codec of the first video stream."""
-    require_ffmpeg()
-    try:
-        info = ffmpeg.probe(str(path))
-    except ffmpeg.Error as e:
-        raise MediaError(f"{path}: ffprobe failed: {e.stderr.decode(errors='replace').strip()[-300:]}") from None
-    streams = [s for s in info.get("streams", []) if s.get("codec_type") == "video"]
-    if not streams:
-        raise MediaError(f"{path}: no video stream")
-    s = streams[0]
-    fps = 0.0
-    for key in ("avg_frame_rate", "r_frame_rate"):
-        num, _, den = (s.get(key) or "0/0").partition("/")
-        if den and float(den) != 0:
-            fps = float(Fraction(int(num), int(den)))
-            break
-    return {"width": int(s["width"]), "height": int(s["height"]), "fps": fps or 25.0,
-            "frames": int(s.get("nb_frames", 0) or 0), "codec": s.get("codec_name", "")}
-
-
 def read_video(path: str | Path, max_frames: int | None = None) -> tuple[np.ndarray, float]:
     """Decode ``path`` to (T, H, W, 3) uint8 RGB; images give T = 1. Returns (frames, fps)."""
+    from data_prep.probe import probe  # the data pipeline's ffprobe reader, one for the project
+
     path = Path(path)
-    if not path.is_file():
-        raise MediaError(f"{path}: no such file")
-    meta = probe(path)
-    w, h = meta["width"], meta["height"]
+    require_ffmpeg()
+    meta = probe(str(path))
+    if meta.error is not None:
+        raise MediaError(f"{path}: {meta.error}: {meta.detail}")
+    w, h = meta.width, meta.height
     stream = ffmpeg.input(str(path))
     kwargs = {"format": "rawvideo", "pix_fmt": "rgb24"}
     if max_frames:
@@ -65,7 +46,7 @@ def read_video(path: str | Path, max_frames: int | None = None) -> tuple[np.ndar
     n = len(raw) // (w * h * 3)
     if n == 0:
         raise MediaError(f"{path}: video has 0 decodable frames")
-    return np.frombuffer(raw[: n * w * h * 3], np.uint8).reshape(n, h, w, 3), meta["fps"]
+    return np.frombuffer(raw[: n * w * h * 3], np.uint8).reshape(n, h, w, 3), meta.fps or 25.0
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float = 25.0, crf: int = 16) -> Path:
