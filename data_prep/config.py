@@ -76,7 +76,7 @@ class RayConfig:
     num_cpus: int = 2
     object_store_memory: int = 2 << 30
     sources_per_task: int = 4
-    """Sources handled by one Ray task (fewer, larger tasks amortise the per-task overhead)."""
+    """Most sources in one Ray task (larger tasks amortise the per-task overhead; the last tasks are single sources)."""
 
 
 @dataclass

@@ -165,3 +165,16 @@ def test_encode_is_deterministic(demo, tmp_path):
     b = encode.encode_video(str(v["path"]), w, crop, v["fps"], EncodeConfig(), str(tmp_path / "b"))
     assert [open(x.path, "rb").read() for x in a] == [open(x.path, "rb").read() for x in b]
     assert collections.Counter(x.frames for x in a) == {16: 2}
+
+
+@pytest.mark.parametrize("n,per_task,slots", [(1, 4, 2), (5, 4, 2), (23, 4, 2), (23, 1, 2), (1000, 8, 16), (7, 4, 1)])
+def test_task_groups_cover_every_source_and_end_with_single_sources(n, per_task, slots):
+    from data_prep.shard import task_groups
+
+    sizes = task_groups(n, per_task, slots)
+    assert sum(sizes) == n
+    assert all(1 <= g <= per_task for g in sizes)
+    assert sizes == sorted(sizes, reverse=True)  # big groups first, the tail is small
+    assert sizes[-1] == 1
+    if n >= 2 * slots * per_task:
+        assert sizes[0] == per_task
