@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from data_prep.loader import ShardLoader, decode_sample, make_loader, step_choice
+from data_prep.loader import BufferPool, ShardLoader, decode_sample, make_loader, step_choice
 from data_prep.samples import make_image, make_video
 from data_prep.shard import shard
 
@@ -43,6 +43,7 @@ def test_batches_have_the_contracted_shapes_and_values(dataset):
     for b in batches:
         w, h = map(int, b["bucket"].split("x"))
         assert b["video"].shape == (3, 3, b["frames"], h, w) and b["video"].dtype == torch.float32
+        assert b["video"].is_contiguous(memory_format=torch.channels_last_3d)  # decord's (T, H, W, C) storage
         assert b["mask"].shape == (3, b["frames"]) and b["mask"].dtype == torch.bool
         assert b["video"].min() >= -1.0 and b["video"].max() <= 1.0
         assert len(b["caption"]) == 3
@@ -113,6 +114,7 @@ def test_dataloader_workers_keep_step_order_and_resume(dataset):
     assert [k[0] for k in two] == list(range(8))
     assert two == _keys(make_loader(dataset, num_workers=2, steps=8, **kw))
     assert _keys(make_loader(dataset, num_workers=2, start_step=5, steps=8, **kw)) == two[5:]
+    assert all(b["video"].is_shared() for b in make_loader(dataset, num_workers=2, steps=4, **kw))
     # the step schedule does not depend on the worker count
     one = _keys(ShardLoader(dataset, steps=8, **kw))
     assert [k[:3] for k in one] == [k[:3] for k in two]
@@ -123,3 +125,39 @@ def test_unknown_bucket_is_a_clear_error(dataset):
         ShardLoader(dataset, buckets=["1x1"])
     with pytest.raises(FileNotFoundError, match="no dataset"):
         ShardLoader(dataset + "_nope")
+
+
+def test_recycled_buffers_never_overwrite_a_batch_still_held(dataset):
+    kw = dict(batch_size=2, frames=[16, 32], steps=24, seed=3)
+    fresh = [b["video"].clone() for b in ShardLoader(dataset, recycle_buffers=False, **kw)]
+    held, ptrs = {}, []
+    for b in ShardLoader(dataset, **kw):
+        assert torch.equal(b["video"], fresh[b["step"]])
+        ptrs.append(b["video"].data_ptr())
+        if b["step"] % 5 == 0:
+            held[b["step"]] = b["video"]  # the consumer keeps these
+        elif b["step"] % 5 == 1:
+            held[b["step"]] = b["video"][1, :, :3]  # or only a slice of one
+    for step, v in held.items():  # none was reused while held
+        assert torch.equal(v, fresh[step] if step % 5 == 0 else fresh[step][1, :, :3])
+    assert len(set(ptrs)) < len(ptrs)  # dropped batches' memory was reused
+
+
+def test_buffer_pool_hands_out_only_unreferenced_storage():
+    pool = BufferPool(size=2)
+    a = pool.take((2, 3))
+    b = pool.take((2, 3))
+    assert a.data_ptr() != b.data_ptr() and a.shape == (2, 3) and a.is_contiguous()
+    c = pool.take((2, 3))  # both pooled storages in use: an unpooled tensor
+    assert c.data_ptr() not in (a.data_ptr(), b.data_ptr()) and len(pool.storages) == 2
+    view = a[1]
+    pa = a.data_ptr()
+    del a
+    assert pool.take((1, 3)).data_ptr() not in (pa, b.data_ptr())  # a's storage is still used by the view
+    del view
+    small = pool.take((1, 3))
+    assert small.data_ptr() == pa  # now it is free again
+    del small, b
+    big = pool.take((4, 5))  # larger than any free storage: one of them grows
+    assert big.shape == (4, 5) and len(pool.storages) == 2
+    assert max(st.nbytes() for st in pool.storages) == 4 * 20
