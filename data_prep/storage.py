@@ -49,6 +49,11 @@ def fs_of(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
         opts: dict = {"use_listings_cache": False, "skip_instance_cache": False}
         if os.environ.get("AWS_ENDPOINT_URL"):
             opts["client_kwargs"] = {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}
+        if os.environ.get("AWS_ACCESS_KEY_ID"):
+            # explicit, so that s3fs's instance cache (keyed by these options) never hands out a
+            # filesystem that still holds credentials the environment no longer has
+            opts.update(key=os.environ["AWS_ACCESS_KEY_ID"], secret=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+                        token=os.environ.get("AWS_SESSION_TOKEN"))
         fs = fsspec.filesystem("s3", **opts)
         return fs, uri[len("s3://"):]
     if "://" in uri:

@@ -59,3 +59,71 @@ def test_wrong_s3_paths_are_clear_errors(s3_server):
         list_sources(shard_sources)
     with pytest.raises(FileNotFoundError, match="no dataset here"):
         manifest.read_version("s3://no-such-bucket/ds")
+
+
+@pytest.fixture
+def s3_with_auth(monkeypatch):
+    """A second moto server that checks credentials (IAM on): yields (endpoint, good key id, good secret).
+
+    The first 3 requests are unauthenticated (they create the IAM user, its S3 policy and its key);
+    every later request must be signed with a key moto knows and allowed by its policy.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import boto3
+    import requests
+
+    from tests.data.conftest import _free_port
+
+    port = _free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                requests.get(f"{endpoint}/moto-api/", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
+                           aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+        iam.create_user(UserName="data-team")
+        iam.put_user_policy(UserName="data-team", PolicyName="s3", PolicyDocument=json.dumps({
+            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        key = iam.create_access_key(UserName="data-team")["AccessKey"]
+        for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(k, v)
+        yield endpoint, key["AccessKeyId"], key["SecretAccessKey"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_wrong_s3_credentials_are_clear_errors(demo, demo_cfg, s3_with_auth, monkeypatch):
+    import boto3
+
+    from data_prep.storage import StorageError
+
+    endpoint, key_id, secret = s3_with_auth
+    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key_id, aws_secret_access_key=secret)
+    s3.create_bucket(Bucket="raw")
+    s3.upload_file(str(demo.csv), "raw", "demo/webvid.csv")
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    assert storage.exists("s3://raw/demo/webvid.csv")  # the right key works through the same code
+    for bad_id, bad_secret in ((key_id, "not-the-secret"), ("AKIAUNKNOWN000000000", secret)):
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", bad_id)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", bad_secret)
+        with pytest.raises(StorageError, match=r"s3://raw/demo/webvid.csv: .*check AWS_ACCESS_KEY_ID"):
+            from data_prep.sources import list_sources
+
+            list_sources(["s3://raw/demo/webvid.csv"])
+        with pytest.raises(StorageError, match=r"s3://shards/ds.*check AWS_ACCESS_KEY_ID"):
+            shard([str(demo.csv)], "s3://shards/ds", demo_cfg())
