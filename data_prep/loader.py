@@ -57,7 +57,7 @@ def step_choice(seed: int, step: int, buckets: list[str], frames: list[int]) -> 
 def decode_frames(sample: dict, frames: int) -> np.ndarray:
     """The first ``min(frames, len)`` frames of a sample's ``mp4`` (decord) or its ``jpg``: (n, H, W, C) uint8.
 
-    A video's array is a read-only view of decord's buffer (through DLPack), not a copy.
+    A video's array is a view of decord's own buffer (through DLPack), not a copy.
     """
     if "mp4" in sample:
         import decord

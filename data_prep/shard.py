@@ -346,7 +346,7 @@ def _run_ray(rows: list, fn: Callable, key: str, per_task: int, fn_kwargs: dict,
 
     if not rows:
         return []
-    slots = max(1, int(ray.available_resources().get("CPU", 1)))
+    slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
     groups, i = [], 0
     for g in task_groups(len(rows), per_task, slots):
         groups.append({key: json.dumps(rows[i:i + g])})
