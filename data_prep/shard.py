@@ -72,16 +72,16 @@ def ensure_ray(cfg: ShardConfig) -> None:
     import ray
     import ray._private.ray_constants as ray_constants
 
-    if ray.is_initialized():
-        return
-    r = cfg.ray
-    kwargs = dict(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
-                  runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
-    if r.address:
-        ray.init(address=r.address, **kwargs)
-    else:
-        ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before the env was set
-        ray.init(num_cpus=r.num_cpus, object_store_memory=r.object_store_memory, **kwargs)
+    if not ray.is_initialized():
+        r = cfg.ray
+        kwargs = dict(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+                      runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+        if r.address:
+            ray.init(address=r.address, **kwargs)
+        else:
+            ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before the env was set
+            ray.init(num_cpus=r.num_cpus, object_store_memory=r.object_store_memory, **kwargs)
+    # also when the caller started Ray itself (a flow, a notebook, the tests)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

@@ -46,9 +46,13 @@ def _files(root: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def built(demo, demo_cfg, ray_cluster, tmp_path_factory):
+    import ray
+
     cfg = demo_cfg("encode.codec=lossless")
     out = tmp_path_factory.mktemp("ds") / "out"
     result = shard(_sources(demo), str(out), cfg)
+    # Ray was started by the fixture, not by the job: the job's Ray Data settings still apply
+    assert ray.data.DataContext.get_current().op_resource_reservation_enabled is False
     return cfg, out, result
 
 
