@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from .perceptual import LPIPS, frames_of
 
@@ -34,11 +33,17 @@ def _to01(x: Tensor) -> Tensor:
 
 def frame_psnr(x: Tensor, y: Tensor) -> Tensor:
     """(N, C, H, W) pairs in [-1, 1] -> (N,) PSNR in dB with data range 1 on [0, 1] images."""
+    # imported here: torchmetrics pulls in scipy and matplotlib (~0.8 s), which every `pvq` command
+    # would otherwise pay at start-up
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
     return peak_signal_noise_ratio(_to01(y), _to01(x), data_range=1.0, reduction="none", dim=(1, 2, 3))
 
 
 def frame_ssim(x: Tensor, y: Tensor) -> Tensor:
     """(N, C, H, W) pairs in [-1, 1] -> (N,) SSIM (Gaussian window 11, sigma 1.5)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     return structural_similarity_index_measure(_to01(y), _to01(x), data_range=1.0, reduction="none")
 
 
