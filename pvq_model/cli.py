@@ -93,34 +93,79 @@ def reconstruct(
     console.print(_metrics_table(f"reconstruction -> {out}", [row]))
 
 
+PRESETS_DIR = DEFAULT_CONFIG.parent / "presets"
+
+
+def _fmt_bpp(bpp: float | None) -> str:
+    return "continuous" if bpp is None else f"{bpp:#.4g}"
+
+
+def _presets_table(overrides: list[str]) -> Table:
+    """One row per compression: configs/paper.yaml and every configs/presets/*.yaml, each with
+    ``overrides`` applied."""
+    from .config import load_config
+    from .rates import REFERENCE_CLIP, bits_per_pixel, bits_per_token, compression_ratio
+
+    t, h, w = REFERENCE_CLIP
+    table = Table(title=f"configs/paper.yaml and configs/presets/*.yaml (bits per pixel at {w}x{h}, T={t})")
+    for col in ("config", "t x h x w x d", "ratio", "quantizer", "bits/token", "bits/pixel"):
+        table.add_column(col, justify="left" if col in ("config", "quantizer") else "right", no_wrap=True)
+    for path in [DEFAULT_CONFIG.parent / "paper.yaml", *sorted(PRESETS_DIR.glob("*.yaml"))]:
+        cfg = load_config(path, overrides)
+        ft, fh, fw = cfg.model.compression
+        bits = bits_per_token(cfg)
+        table.add_row(path.stem, f"{ft}x{fh}x{fw}x{cfg.model.latent_dim}",
+                      f"{compression_ratio(cfg):g}", cfg.quantizer.type,
+                      "continuous" if bits is None else f"{bits:.4g}", _fmt_bpp(bits_per_pixel(cfg, t, h, w)))
+    return table
+
+
 @app.command()
 def info(
     config: Path = typer.Option(DEFAULT_CONFIG, help="config YAML"),
     set_: list[str] = typer.Option([], "--set", help="config override key.path=value"),
+    all_presets: bool = typer.Option(False, "--all-presets",
+                                     help="instead: one line per configs/paper.yaml and configs/presets/*.yaml "
+                                          "(--set applies to each)"),
 ):
-    """Parameter counts and the latent shape for every paper resolution and frame count."""
-    import math
-
+    """Parameter counts, compression ratio, and the latent shape and bits per pixel for every paper
+    resolution and frame count."""
     import torch
 
-    from .config import PAPER_FRAMES, PAPER_SCALES, load_config
+    from .config import PAPER_FRAMES, PAPER_SCALES, ConfigError, load_config
+    from .rates import bits_per_pixel, describe, latent_shape
     from .vae import PVQVAE
 
-    cfg = load_config(config, set_)
+    try:
+        if all_presets:
+            console.print(_presets_table(set_))
+            return
+        cfg = load_config(config, set_)
+    except ConfigError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
     with torch.device("meta"):
         model = PVQVAE(cfg)
     n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     console.print(f"{cfg.name}: encoder {n(model.encoder):,}  quantizer {n(model.quantizer):,} "
                   f"({cfg.quantizer.type}, {cfg.quantizer.codebook_size:,} codes x dim {cfg.quantizer.dim})  "
                   f"decoder {n(model.decoder):,} parameters")
+    console.print(f"compression (t x h x w x d) {describe(cfg)}")
     table = Table(title="latent (t x h x w x d) per input (W x H, T)")
-    table.add_column("W x H")
-    for t in PAPER_FRAMES:
-        table.add_column(f"T={t}")
+    bpp = Table(title="bits per pixel per input (W x H, T)",
+                caption="all levels' tokens x log2(codebook size) / (T x H x W); no entropy coding")
+    for tab in (table, bpp):
+        tab.add_column("W x H")
+        for t in PAPER_FRAMES:
+            tab.add_column(f"T={t}", justify="right")
     for w, h in PAPER_SCALES:
-        table.add_row(f"{w}x{h}", *[f"{t // 16}x{math.ceil(h / 32)}x{math.ceil(w / 32)}x{cfg.model.latent_dim}"
-                                     for t in PAPER_FRAMES])
+        table.add_row(f"{w}x{h}", *["x".join(map(str, latent_shape(cfg, t, h, w))) for t in PAPER_FRAMES])
+        bpp.add_row(f"{w}x{h}", *[_fmt_bpp(bits_per_pixel(cfg, t, h, w)) for t in PAPER_FRAMES])
     console.print(table)
+    if cfg.quantizer.type == "identity":
+        console.print("bits per pixel: continuous (the identity quantizer emits no tokens)")
+    else:
+        console.print(bpp)
 
 
 @app.command("config")

@@ -34,8 +34,11 @@ class EncoderConfig:
     channels: list[int] = field(default_factory=lambda: [64, 128, 256, 256, 512])
     """Width after each of the 5 down-sampling blocks."""
     temporal_downsample: list[bool] = field(default_factory=lambda: [False, True, True, True, True])
-    """Which blocks also halve time; exactly four of five, giving T/16 (the first keeps frames, so
+    """Which blocks also halve time (the paper: four of five, giving T/16; the first keeps frames, so
     the alignment loss sees frame-wise features)."""
+    spatial_downsample: list[bool] = field(default_factory=lambda: [True] * 5)
+    """Which blocks halve H and W (the paper: all five, H/32 x W/32). The compression presets
+    (configs/cpu_4x8x8.yaml, configs/presets/) turn the last ones off."""
     num_res_blocks: int = 2
     fft: bool = True
     """FFT branch (global structure): a spectral filter on the deepest blocks."""
@@ -52,15 +55,18 @@ class DecoderConfig:
     channels: list[int] = field(default_factory=lambda: [512, 256, 128])
     """Width of each of the 3 up-sampling blocks."""
     temporal_upsample: list[bool] = field(default_factory=lambda: [True, True, True])
+    spatial_upsample: list[bool] = field(default_factory=lambda: [True, True, True])
     num_res_blocks: int = 2
     out_patch: list[int] = field(default_factory=lambda: [2, 4, 4])
-    """(t, h, w) factor of the final projection (depth-to-space) back to pixels."""
+    """(t, h, w) factor of the final projection (depth-to-space) back to pixels; with the up-blocks
+    it must undo the encoder's compression."""
 
 
 @dataclass
 class QuantizerConfig:
     type: str = "pvq"
-    """One of vq, gvq, lfq, rvq, psvq, rvq_lfq, pvq (Table 1 of the paper)."""
+    """One of vq, gvq, lfq, rvq, psvq, rvq_lfq, pvq (Table 1 of the paper), or ``identity``: the
+    continuous latent passed through unchanged, a diagnostic upper bound (not a Table-1 row)."""
     codebook_size: int = 65536
     dim: int = 16
     num_levels: int = 4
@@ -127,6 +133,34 @@ class ModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     gradient_checkpointing: bool = True
+    shortcuts: bool = True
+    """Non-parametric space-to-depth / depth-to-space shortcuts beside every resolution change
+    (residual autoencoding, see blocks.py). False is the original plain-convolution network
+    (kept for the ablation in docs/training_dynamics.md)."""
+    norm: str = "channel"
+    """Normalisation in the residual blocks: ``channel`` (per-position LayerNorm over channels,
+    tiling-exact), ``group`` (GroupNorm with 8 groups: statistics over the whole clip, so tiled
+    inference no longer equals untiled) or ``none``."""
+
+    def encoder_factors(self) -> list[tuple[int, int, int]]:
+        """(t, h, w) down-sampling factor of each encoder block."""
+        e = self.encoder
+        return [(2 if t else 1, 2 if s else 1, 2 if s else 1)
+                for t, s in zip(e.temporal_downsample, e.spatial_downsample)]
+
+    def decoder_factors(self) -> list[tuple[int, int, int]]:
+        """(t, h, w) up-sampling factor of each decoder block."""
+        d = self.decoder
+        return [(2 if t else 1, 2 if s else 1, 2 if s else 1)
+                for t, s in zip(d.temporal_upsample, d.spatial_upsample)]
+
+    @property
+    def compression(self) -> tuple[int, int, int]:
+        """(t, h, w) compression of the latent grid: T/ft x H/fh x W/fw (the paper: 16 x 32 x 32)."""
+        f = [1, 1, 1]
+        for factor in self.encoder_factors():
+            f = [a * b for a, b in zip(f, factor)]
+        return tuple(f)
 
 
 @dataclass
@@ -347,24 +381,38 @@ def config_from_dict(data: dict[str, Any]) -> PVQConfig:
 def validate(cfg: PVQConfig) -> None:
     """Cross-field checks; each error names the key path and the fix."""
     enc, dec, q = cfg.model.encoder, cfg.model.decoder, cfg.quantizer
-    if len(enc.channels) != 5 or len(enc.temporal_downsample) != 5:
-        raise ConfigError("model.encoder.channels / temporal_downsample: the encoder has exactly 5 blocks")
-    if sum(enc.temporal_downsample) != 4:
-        raise ConfigError("model.encoder.temporal_downsample: exactly 4 of 5 blocks halve time (T/16)")
-    if len(dec.channels) != 3 or len(dec.temporal_upsample) != 3:
-        raise ConfigError("model.decoder.channels / temporal_upsample: the decoder has exactly 3 blocks")
+    if len(enc.channels) != 5 or len(enc.temporal_downsample) != 5 or len(enc.spatial_downsample) != 5:
+        raise ConfigError("model.encoder.channels / temporal_downsample / spatial_downsample: the encoder "
+                          "has exactly 5 blocks")
+    if len(dec.channels) != 3 or len(dec.temporal_upsample) != 3 or len(dec.spatial_upsample) != 3:
+        raise ConfigError("model.decoder.channels / temporal_upsample / spatial_upsample: the decoder has "
+                          "exactly 3 blocks")
+    ft, fh, fw = cfg.model.compression
+    up = [1, 1, 1]
+    for factor in cfg.model.decoder_factors():
+        up = [a * b for a, b in zip(up, factor)]
     pt, ph, pw = dec.out_patch
-    if pt * 2 ** sum(dec.temporal_upsample) != 16 or ph * 8 != 32 or pw * 8 != 32:
-        raise ConfigError("model.decoder.out_patch: 3 up-blocks x out_patch must undo T/16 x H/32 x W/32")
+    if (up[0] * pt, up[1] * ph, up[2] * pw) != (ft, fh, fw):
+        raise ConfigError(
+            f"model.decoder.out_patch: the 3 up-blocks ({up[0]}x{up[1]}x{up[2]}) times out_patch "
+            f"({pt}x{ph}x{pw}) must undo the encoder's compression {ft}x{fh}x{fw}")
+    if 32 % fh or 16 % ft:
+        raise ConfigError(f"model.encoder: compression {ft}x{fh}x{fw} must divide 16x32x32 (tiles and "
+                          "chunks are multiples of 32 pixels and 16 frames)")
+    if cfg.model.norm not in ("channel", "group", "none"):
+        raise ConfigError(f"model.norm: {cfg.model.norm!r} is not one of channel, group, none")
     if not 0 <= enc.dwt_levels <= 4:
         raise ConfigError("model.encoder.dwt_levels: between 0 and 4")
+    if not all(enc.spatial_downsample[:enc.dwt_levels if enc.dwt else 0]):
+        raise ConfigError("model.encoder.dwt_levels: each DWT level halves H and W, so the first "
+                          "dwt_levels blocks must down-sample space")
     if any(not 0 <= b < 5 for b in enc.fft_blocks):
         raise ConfigError("model.encoder.fft_blocks: block indices are 0..4")
     if q.dim != cfg.model.latent_dim:
         raise ConfigError(
             f"quantizer.dim ({q.dim}) must equal model.latent_dim ({cfg.model.latent_dim}): "
             "the latent is quantized as it is")
-    known = ("vq", "gvq", "lfq", "rvq", "psvq", "rvq_lfq", "pvq")
+    known = ("vq", "gvq", "lfq", "rvq", "psvq", "rvq_lfq", "pvq", "identity")
     if q.type not in known:
         raise ConfigError(f"quantizer.type: {q.type!r} is not one of {', '.join(known)}")
     if q.type in ("lfq", "rvq_lfq", "pvq") and q.codebook_size != 2 ** q.dim:

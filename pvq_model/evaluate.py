@@ -242,6 +242,8 @@ class CodebookCounter:
         self.counts: list[torch.Tensor] = []
 
     def add(self, indices) -> None:
+        if self.size == 0:  # a continuous bottleneck (identity) has no codebook to count
+            return
         levels = indices if isinstance(indices, (list, tuple)) else [indices]
         for i, idx in enumerate(levels):
             flat = idx.reshape(-1).long().cpu()
@@ -335,11 +337,12 @@ def evaluate_model(model: PVQVAE, clips: Iterator[Clip], *, tiled: bool = True, 
         rows.append({"key": clip.key, "kind": clip.kind, "bucket": clip.bucket, "frames": clip.frames,
                      "length": int(x.shape[2]), "psnr": m.psnr[0], "ssim": m.ssim[0],
                      "lpips": m.lpips[0] if m.lpips is not None else None, "psnr_frames": m.psnr_frames[0],
-                     "encode_s": t1 - t0, "decode_s": t2 - t1})
+                     "encode_s": t1 - t0, "decode_s": t2 - t1, **baseline_metrics(x, mask, model.factor)})
     if not rows:
         raise EvaluationError("no clips to evaluate")
     summary = {
         "overall": aggregate(rows),
+        "baselines": baseline_summary(rows, model.factor),
         "images": aggregate([r for r in rows if r["kind"] == "image"]),
         "videos": aggregate([r for r in rows if r["kind"] == "video"]),
         "by_bucket": group(rows, "bucket"),
@@ -353,6 +356,37 @@ def evaluate_model(model: PVQVAE, clips: Iterator[Clip], *, tiled: bool = True, 
     return rows, summary
 
 
+BASELINES = ("mean_colour", "pooled")
+"""The information-equivalent baselines measured on every evaluated clip (pvq_model.naive)."""
+
+
+def baseline_metrics(x: torch.Tensor, mask: torch.Tensor, factor: tuple[int, int, int]) -> dict[str, float]:
+    """PSNR / SSIM of the mean-colour and pooled baselines of one clip ``x`` (1, C, T, H, W)."""
+    from .naive import mean_colour, pooled
+
+    out = {}
+    for name, y in (("mean_colour", mean_colour(x, mask)), ("pooled", pooled(x, factor, mask))):
+        m = clip_metrics(x, y, mask)
+        out[f"{name}_psnr"], out[f"{name}_ssim"] = m.psnr[0], m.ssim[0]
+    return out
+
+
+def baseline_summary(rows: list[dict], factor: tuple[int, int, int]) -> dict[str, dict]:
+    """Mean PSNR / SSIM of each baseline over all clips, images and videos (as ``overall``), and the
+    model's margin over it in dB."""
+    out = {}
+    for name in BASELINES:
+        entry: dict = {"block": list(factor) if name == "pooled" else None}
+        for part, sel in (("overall", rows), ("images", [r for r in rows if r["kind"] == "image"]),
+                          ("videos", [r for r in rows if r["kind"] == "video"])):
+            entry[part] = {"clips": len(sel), "psnr": _mean([r[f"{name}_psnr"] for r in sel]),
+                           "ssim": _mean([r[f"{name}_ssim"] for r in sel])}
+        model, base = _mean([r["psnr"] for r in rows]), entry["overall"]["psnr"]
+        entry["margin_db"] = None if model is None or base is None else model - base
+        out[name] = entry
+    return out
+
+
 def write_results(rows: list[dict], summary: dict, out: str | Path) -> Path:
     """``out/clips.parquet`` and ``out/summary.json`` (written to temporary names, then renamed)."""
     import pyarrow as pa
@@ -363,7 +397,8 @@ def write_results(rows: list[dict], summary: dict, out: str | Path) -> Path:
     schema = pa.schema([("key", pa.string()), ("kind", pa.string()), ("bucket", pa.string()),
                         ("frames", pa.int64()), ("length", pa.int64()), ("psnr", pa.float64()),
                         ("ssim", pa.float64()), ("lpips", pa.float64()), ("psnr_frames", pa.list_(pa.float64())),
-                        ("encode_s", pa.float64()), ("decode_s", pa.float64())])
+                        ("encode_s", pa.float64()), ("decode_s", pa.float64()),
+                        *[(f"{b}_{m}", pa.float64()) for b in BASELINES for m in ("psnr", "ssim")]])
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf)
     (out / (CLIPS_FILE + ".tmp")).write_bytes(buf.getvalue())
@@ -407,6 +442,10 @@ def format_summary(summary: dict) -> str:
     parts += [(f"frames {k}", v) for k, v in summary["by_frames"].items()]
     for name, a in parts:
         lines.append(f"{name:<22}{a['clips']:>6}{f(a['psnr']):>9}{f(a['ssim'], 4):>9}{f(a['lpips'], 4):>9}")
+    for name, b in summary.get("baselines", {}).items():
+        a = b["overall"]
+        margin = "" if b.get("margin_db") is None else f"   model {b['margin_db']:+.2f} dB"
+        lines.append(f"{'baseline ' + name:<22}{a['clips']:>6}{f(a['psnr']):>9}{f(a['ssim'], 4):>9}{'':>9}{margin}")
     for level, st in summary["codebook"].items():
         lines.append(f"codebook {level}: {st['codes_used']}/{st['codebook_size']} codes used "
                      f"({100 * st['usage']:.3f} %), perplexity {st['perplexity']:.1f}")

@@ -29,18 +29,19 @@ class VAEOutput(NamedTuple):
     """(B, C, T, H, W) reconstruction, cropped back to the input size."""
     quant: QuantizerOutput
     latent: Tensor
-    """(B, D, T/16, H/32, W/32) continuous latent before quantization."""
+    """(B, D, T/ft, H/fh, W/fw) continuous latent before quantization (the paper: 16 x 32 x 32)."""
     frame_features: Tensor
     """(B, C0, T, H/2, W/2) frame-wise encoder features (alignment loss)."""
 
 
-def pad_to_grid(x: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
-    """Pad (B, C, T, H, W) to T % 16 == 0 (zero frames) and H, W % 32 == 0 (edge replicate).
+def pad_to_grid(x: Tensor, factor: tuple[int, int, int] = (16, 32, 32)) -> tuple[Tensor, tuple[int, int, int]]:
+    """Pad (B, C, T, H, W) to T % ft == 0 (zero frames) and H % fh, W % fw == 0 (edge replicate),
+    with ``factor`` = (ft, fh, fw) the model's compression (the paper's 16 x 32 x 32 by default).
 
     Returns the padded clip and the original (T, H, W). 720p and 1080p, whose heights are not
     multiples of 32, are padded to 736 and 1088 and cropped back after decoding."""
     t, h, w = x.shape[2:]
-    pt, ph, pw = (-t) % 16, (-h) % 32, (-w) % 32
+    pt, ph, pw = (-t) % factor[0], (-h) % factor[1], (-w) % factor[2]
     if ph or pw:
         x = F.pad(x, (0, pw, 0, ph, 0, 0), mode="replicate")
     if pt:
@@ -52,6 +53,7 @@ class PVQVAE(nn.Module):
     def __init__(self, cfg: PVQConfig):
         super().__init__()
         self.cfg = cfg
+        self.factor = cfg.model.compression
         self.encoder = Encoder(cfg.model)
         self.quantizer = build_quantizer(cfg.quantizer)
         self.decoder = Decoder(cfg.model)
@@ -69,8 +71,8 @@ class PVQVAE(nn.Module):
         set_checkpointing(self, enabled)
 
     def encode(self, x: Tensor) -> Tensor:
-        """(B, C, T, H, W) in [-1, 1], any size -> continuous latent (B, D, ceil(T/16), ceil(H/32), ceil(W/32))."""
-        x, _ = pad_to_grid(x)
+        """(B, C, T, H, W) in [-1, 1], any size -> continuous latent (B, D, ceil(T/ft), ceil(H/fh), ceil(W/fw))."""
+        x, _ = pad_to_grid(x, self.factor)
         return self.encoder(x).latent
 
     def quantize(self, z: Tensor) -> QuantizerOutput:
@@ -78,7 +80,7 @@ class PVQVAE(nn.Module):
         return self.quantizer(z)
 
     def decode(self, zq: Tensor, size: tuple[int, int, int] | None = None) -> Tensor:
-        """(B, D, t, h, w) quantized latent -> (B, C, 16t, 32h, 32w), cropped to ``size`` (T, H, W)."""
+        """(B, D, t, h, w) quantized latent -> (B, C, ft t, fh h, fw w), cropped to ``size`` (T, H, W)."""
         x = self.decoder(zq)
         if size is not None:
             x = x[:, :, : size[0], : size[1], : size[2]]
@@ -86,7 +88,7 @@ class PVQVAE(nn.Module):
 
     def forward(self, x: Tensor) -> VAEOutput:
         """(B, C, T, H, W) in [-1, 1] -> :class:`VAEOutput` with a reconstruction of the same size."""
-        xp, size = pad_to_grid(x)
+        xp, size = pad_to_grid(x, self.factor)
         enc = self.encoder(xp)
         quant = self.quantizer(enc.latent)
         recon = self.decode(quant.quantized.to(enc.latent.dtype), size)
@@ -114,24 +116,26 @@ class PVQVAE(nn.Module):
         overlap = inf.tile_overlap if overlap is None else overlap
         enc = TileSpec(tile=(inf.chunk_frames, tile, tile), overlap=(inf.chunk_overlap, overlap, overlap),
                        halo=(inf.chunk_halo, inf.tile_halo, inf.tile_halo))
-        dec = TileSpec(tile=(inf.chunk_frames // 16, tile // 32, tile // 32),
-                       overlap=(inf.chunk_overlap // 16, overlap // 32, overlap // 32),
-                       halo=(inf.decode_halo_frames // 16, inf.decode_halo // 32, inf.decode_halo // 32))
+        ft, fh, fw = self.factor
+        dec = TileSpec(tile=(inf.chunk_frames // ft, tile // fh, tile // fw),
+                       overlap=(inf.chunk_overlap // ft, overlap // fh, overlap // fw),
+                       halo=(inf.decode_halo_frames // ft, inf.decode_halo // fh, inf.decode_halo // fw))
         return enc, dec
 
     @torch.no_grad()
     def encode_tiled(self, x: Tensor, progress=None) -> Tensor:
         """Like :meth:`encode` with bounded memory: spatial tiles and temporal chunks of the clip."""
-        x, _ = pad_to_grid(x)
+        x, _ = pad_to_grid(x, self.factor)
         enc, _ = self._specs()
-        return tiled_apply(lambda c: self.encoder(c).latent, x, enc, (1 / 16, 1 / 32, 1 / 32), progress)
+        inv = tuple(1 / f for f in self.factor)
+        return tiled_apply(lambda c: self.encoder(c).latent, x, enc, inv, progress)
 
     @torch.no_grad()
     def decode_tiled(self, zq: Tensor, size: tuple[int, int, int] | None = None, progress=None) -> Tensor:
         """Like :meth:`decode` with bounded memory; equal to it when the decode halo covers the
         decoder's receptive field (the default does)."""
         _, dec = self._specs()
-        x = tiled_apply(self.decoder, zq, dec, (16, 32, 32), progress)
+        x = tiled_apply(self.decoder, zq, dec, self.factor, progress)
         if size is not None:
             x = x[:, :, : size[0], : size[1], : size[2]]
         return x

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..config import QuantizerConfig
 from .base import Quantizer, QuantizerOutput
 from .gvq import GumbelQuantizer
+from .identity import IdentityQuantizer
 from .lfq import LookupFreeQuantizer
 from .psvq import PyramidVQ
 from .pvq import PyramidLFQ
@@ -14,7 +15,7 @@ from .vq import VectorQuantizer
 
 __all__ = [
     "Quantizer", "QuantizerOutput", "VectorQuantizer", "GumbelQuantizer", "LookupFreeQuantizer",
-    "ResidualVQ", "ResidualLFQ", "PyramidVQ", "PyramidLFQ", "build_quantizer",
+    "ResidualVQ", "ResidualLFQ", "PyramidVQ", "PyramidLFQ", "IdentityQuantizer", "build_quantizer",
 ]
 
 
@@ -34,6 +35,7 @@ def build_quantizer(cfg: QuantizerConfig) -> Quantizer:
                                   fusion_mix=cfg.fusion_mix, commitment_weight=beta),
         "pvq": lambda: PyramidLFQ(dim=cfg.dim, scales=cfg.pyramid_scales, fusion_mix=cfg.fusion_mix,
                                   commitment_weight=beta, **lfq),
+        "identity": lambda: IdentityQuantizer(dim=cfg.dim),
     }
     if cfg.type not in builders:
         raise ValueError(f"quantizer.type: unknown {cfg.type!r}; one of {', '.join(builders)}")

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from ..config import PVQConfig
 from ..discriminator import Discriminator3D
-from ..fit import seed_everything
+from ..fit import generator_step, seed_everything
 from ..losses import PVQLoss
 from ..perceptual import build_lpips
 from ..vae import PVQVAE
@@ -95,9 +96,20 @@ def _broadcast_module(module: torch.nn.Module) -> None:
             dist.broadcast(t.data, src=0)
 
 
+BatchSource = Callable[[PVQConfig, int, int, int], Iterator[dict]]
+"""``(cfg, rank, world_size, start_micro_step) -> micro-batches`` (dicts with ``video``, ``mask``,
+``bucket``, ``frames``), like :func:`pvq_model.train.data.training_batches`."""
+
+
 def train(cfg: PVQConfig, out: Path, *, max_steps: int | None = None, resume: bool = True,
-          data_version: str | None = None) -> TrainResult:
-    """Train until ``cfg.train.steps`` (or ``max_steps`` optimizer steps in this call)."""
+          data_version: str | None = None, batches: BatchSource | None = None) -> TrainResult:
+    """Train until ``cfg.train.steps`` (or ``max_steps`` optimizer steps in this call).
+
+    ``batches`` replaces :func:`~pvq_model.train.data.training_batches` as the micro-batch source
+    (tests feed two parallel layouts the same global batches). Each step's generator forward and
+    loss is :func:`pvq_model.fit.generator_step`, the plain loop's; the logged losses are means over
+    the step's whole global batch (every rank, every accumulated micro-batch)."""
+    batches = batches or training_batches
     out = Path(out)
     rank, world, device = init_distributed(cfg, out)
     t = cfg.train
@@ -112,7 +124,7 @@ def train(cfg: PVQConfig, out: Path, *, max_steps: int | None = None, resume: bo
     start_step = 0
     tag = ckpt.latest(ckpt_root) if resume else None
     if tag is None:
-        first = next(training_batches(cfg, 0, world, 0))
+        first = next(batches(cfg, 0, world, 0))
         model.data_init(first["video"])
         _broadcast_module(model)
     ds_cfg = build_ds_config(cfg, world, persistence_threshold=t.persistence_threshold)
@@ -150,7 +162,7 @@ def train(cfg: PVQConfig, out: Path, *, max_steps: int | None = None, resume: bo
         logger.log_setup(cfg.to_dict(), ds_cfg, tags)
 
     end = t.steps if max_steps is None else min(t.steps, start_step + max_steps)
-    batches = training_batches(cfg, rank, world, start_step * t.grad_accum)
+    micro_batches = batches(cfg, rank, world, start_step * t.grad_accum)
     result = TrainResult(step=start_step, run_id=logger.run_id if logger else None)
     bar = tqdm(total=end - start_step, desc="train", disable=rank != 0, dynamic_ncols=True)
     heads = engine_g.module.alignment
@@ -163,7 +175,7 @@ def train(cfg: PVQConfig, out: Path, *, max_steps: int | None = None, resume: bo
             parts_sum: dict[str, float] = {}
             for _ in range(t.grad_accum):
                 w0 = time.perf_counter()
-                batch = next(batches)
+                batch = next(micro_batches)
                 wait += time.perf_counter() - w0
                 x = batch["video"].to(device)
                 mask = batch["mask"].to(device)
@@ -172,10 +184,9 @@ def train(cfg: PVQConfig, out: Path, *, max_steps: int | None = None, resume: bo
                 disc_params = list(engine_d.module.parameters())
                 for p in disc_params:
                     p.requires_grad_(False)
-                out_g = engine_g(xin)
                 adv = loss_fn.adversarial_active(step)
-                loss, parts = loss_fn.generator(x, out_g, mask, step, discriminator=engine_d if adv else None,
-                                                heads=heads)
+                loss, parts, out_g = generator_step(engine_g, loss_fn, x, mask, step, model_input=xin,
+                                                    discriminator=engine_d if adv else None, heads=heads)
                 engine_g.backward(loss)
                 engine_g.step()
                 for p in disc_params:
@@ -189,6 +200,7 @@ def train(cfg: PVQConfig, out: Path, *, max_steps: int | None = None, resume: bo
                     parts_sum[k] = parts_sum.get(k, 0.0) + float(v.detach()) / t.grad_accum
                 parts_sum["loss"] = parts_sum.get("loss", 0.0) + float(loss.detach()) / t.grad_accum
             ema.update(engine_g.module)
+            parts_sum = _mean_over_ranks(parts_sum)
             result.losses.append(parts_sum["loss"])
             result.step = step + 1
             dt = time.perf_counter() - tic
@@ -247,6 +259,19 @@ def data_tags(data_path: str | None, version: str | None = None) -> dict[str, st
     except (OSError, storage.StorageError):
         digest = ""
     return {"data_path": str(data_path), "data_version": version, "data_index_sha256": digest}
+
+
+def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Each logged value averaged over the ranks (float64, one all-reduce), so a step's loss is
+    that of its global batch, not rank 0's share: 2 ranks x 1 micro-batch log what 1 rank x 2
+    accumulated micro-batches of the same clips log. Every rank has the same keys (same code path)."""
+    world = dist.get_world_size()
+    if world == 1:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: float(v) / world for k, v in zip(keys, t.tolist())}
 
 
 def _agree(flag: bool) -> bool:
