@@ -60,10 +60,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--videos-only", action="store_true", help="train and evaluate on videos only")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--no-data-init", action="store_true", help="skip the quantizer's data_init")
+    ap.add_argument("--ema-decays", default="", help="extra EMA decays to evaluate, e.g. 0.9,0.999")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, args.set)
-    steps = args.steps or cfg.train.steps
+    overrides = list(args.set) + ([f"train.steps={args.steps}"] if args.steps else [])
+    cfg = load_config(args.config, overrides)  # the schedule decays to 0 at the last step run
+    steps = cfg.train.steps
     seed_everything(cfg.train.seed)
     train = load_split(args.data, "train", args.videos_only)
     val = load_split(args.data, "val", args.videos_only)
@@ -84,11 +87,23 @@ def main(argv: list[str] | None = None) -> dict:
             with ema.swapped(model):
                 e = psnr_of(lambda c: model(c.video).recon, val)
             row.update(ema_val_psnr=e[0], ema_val_ssim=e[1])
+        for decay, extra in extras.items():
+            with extra.swapped(model):
+                row[f"ema{decay}_val_psnr"] = psnr_of(lambda c: model(c.video).recon, val)[0]
         model.train(was)
         curve.append(row)
         print(json.dumps(row), flush=True)
 
-    fit(model, [(c.video, c.mask) for c in train], steps, eval_every=args.eval_every, on_eval=evaluate)
+    extras: dict[str, EMAWeights] = {}
+
+    def tick(step: int, parts: dict) -> None:
+        if step == 0:
+            extras.update({d: EMAWeights(model, float(d)) for d in args.ema_decays.split(",") if d})
+        for extra in extras.values():
+            extra.update(model)
+
+    fit(model, [(c.video, c.mask) for c in train], steps, callback=tick, eval_every=args.eval_every, on_eval=evaluate,
+        data_init=not args.no_data_init)
     best = max((r.get("ema_val_psnr", r["val_psnr"]) for r in curve), default=float("nan"))
     last = curve[-1] if curve else {}
     summary = {"config": args.config, "overrides": args.set, "steps": steps,
@@ -105,5 +120,36 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
+def plot(files: list[str], out: str, title: str = "") -> None:
+    """One PNG with the validation PSNR curve (EMA weights) of each experiment JSON in ``files``,
+    and the baselines of the first as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    first = None
+    for f in files:
+        d = json.loads(Path(f).read_text())
+        first = first or d["summary"]
+        steps = [r["step"] for r in d["curve"]]
+        ax.plot(steps, [r.get("ema_val_psnr", r["val_psnr"]) for r in d["curve"]], marker="o", label=Path(f).stem)
+    ax.axhline(first["pooled_psnr"], color="k", ls="--", lw=1, label="pooled baseline")
+    ax.axhline(first["mean_colour_psnr"], color="grey", ls=":", lw=1, label="mean-colour baseline")
+    ax.set_xlabel("step")
+    ax.set_ylabel("held-out PSNR (dB, EMA weights)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "plot":
+        # python benchmarks/training_dynamics.py plot OUT.png "title" a.json b.json ...
+        plot(sys.argv[4:], sys.argv[2], sys.argv[3])
+    else:
+        main()

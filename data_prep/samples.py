@@ -36,7 +36,7 @@ DEMO_VIDEOS: tuple[tuple[str, str, int, int, int, int, str], ...] = (
 )
 DEMO_IMAGES: tuple[tuple[str, str, int, int, str], ...] = (
     ("img_landscape", "natural=seed=10", 300, 200, "a still test pattern, landscape"),
-    ("img_portrait", "natural=seed=11", 120, 200, "a still fractal, portrait"),
+    ("img_portrait", "natural=seed=13", 120, 200, "a still fractal, portrait"),
     ("img_square", "natural=seed=12", 140, 140, "still colour bars"),
 )
 SHORT_FRAMES = 10
@@ -67,7 +67,8 @@ class DemoSet:
 # smooth paths in world coordinates on top (with soft shadows, occluding each other).
 # Two scene kinds: ``landscape`` (sky gradient, clouds, hazy mountains, tree line, fields,
 # sometimes a lake) and ``aerial`` (top-down hill-shaded terrain: water, sand, grass, forest,
-# rock, with drifting cloud shadows).
+# rock, with drifting cloud shadows and haze). Most of the variance sits at large scales, as in
+# real footage, so a small autoencoder learns it quickly (see tests/data/test_data_samples.py).
 # ---------------------------------------------------------------------------------------------
 
 _SKIES = (  # (zenith, horizon haze, cloud) in 0..1 RGB: clear noon, hazy, late afternoon, overcast
@@ -83,13 +84,13 @@ _GROUNDS = (  # (near field, far field / patches, detail accent) in 0..1 RGB
     ((0.36, 0.42, 0.20), (0.45, 0.34, 0.22), (0.26, 0.32, 0.14)),  # fields and soil
 )
 _FOLIAGE = ((0.12, 0.22, 0.09), (0.18, 0.27, 0.12), (0.16, 0.20, 0.10))
-_TERRAINS = (  # height ramp stops (height in std units, RGB): water .. sand .. grass .. forest .. rock
-    ((-1.8, (0.10, 0.24, 0.36)), (-0.6, (0.16, 0.38, 0.46)), (-0.15, (0.66, 0.64, 0.48)),
-     (0.3, (0.44, 0.54, 0.26)), (1.0, (0.22, 0.36, 0.16)), (1.8, (0.46, 0.43, 0.37)), (2.6, (0.70, 0.70, 0.68))),
-    ((-1.8, (0.12, 0.30, 0.40)), (-1.0, (0.18, 0.46, 0.50)), (-0.5, (0.82, 0.76, 0.58)),
-     (0.3, (0.74, 0.60, 0.40)), (1.1, (0.60, 0.44, 0.30)), (1.9, (0.50, 0.38, 0.28)), (2.7, (0.66, 0.58, 0.48))),
-    ((-1.8, (0.08, 0.20, 0.30)), (-0.5, (0.14, 0.32, 0.40)), (-0.1, (0.52, 0.54, 0.44)),
-     (0.35, (0.32, 0.44, 0.24)), (1.1, (0.16, 0.29, 0.14)), (1.8, (0.38, 0.38, 0.35)), (2.6, (0.80, 0.81, 0.83))),
+_TERRAINS = (  # height ramp stops (height in std units, RGB): water .. beach .. grass .. forest .. rock
+    ((-1.8, (0.10, 0.24, 0.36)), (-0.5, (0.16, 0.38, 0.46)), (-0.3, (0.70, 0.66, 0.48)),
+     (0.0, (0.44, 0.54, 0.26)), (0.9, (0.22, 0.36, 0.16)), (1.8, (0.46, 0.43, 0.37)), (2.6, (0.70, 0.70, 0.68))),
+    ((-1.8, (0.12, 0.30, 0.40)), (-0.9, (0.18, 0.46, 0.50)), (-0.6, (0.84, 0.76, 0.56)),
+     (0.2, (0.76, 0.60, 0.40)), (1.1, (0.60, 0.44, 0.30)), (1.9, (0.50, 0.38, 0.28)), (2.7, (0.66, 0.58, 0.48))),
+    ((-1.8, (0.08, 0.20, 0.30)), (-0.4, (0.14, 0.32, 0.40)), (-0.2, (0.56, 0.56, 0.46)),
+     (0.05, (0.32, 0.44, 0.24)), (1.0, (0.16, 0.29, 0.14)), (1.8, (0.38, 0.38, 0.35)), (2.6, (0.80, 0.81, 0.83))),
 )
 _OBJECT_COLOURS = ((0.72, 0.20, 0.14), (0.85, 0.78, 0.62), (0.25, 0.22, 0.20), (0.90, 0.55, 0.15),
                    (0.55, 0.40, 0.28), (0.92, 0.92, 0.90), (0.20, 0.35, 0.60), (0.45, 0.50, 0.25))
@@ -207,9 +208,10 @@ class _Camera:
 
 
 def _camera(rng: np.random.Generator, w: int, h: int, n: int, scene: str) -> _Camera:
+    """A smooth path: a slowly curving pan, a gentle sway, maybe a zoom, a little roll from above."""
     t = np.arange(n, dtype=np.float64)
     size = float(min(w, h))
-    speed = size * rng.uniform(0.005, 0.015)  # world px per frame
+    speed = size * rng.uniform(0.008, 0.02)  # world px per frame
     if scene == "landscape":  # mostly horizontal pans, a little tilt, no roll
         ang = rng.uniform(-0.25, 0.25) + (np.pi if rng.random() < 0.5 else 0.0)
         roll_amp = 0.0
@@ -269,7 +271,8 @@ def _rgba(rgb: np.ndarray, alpha: np.ndarray | float = 1.0) -> np.ndarray:
     return np.concatenate([rgb.astype(np.float32), a], -1)
 
 
-def _landscape_layers(rng: np.random.Generator, cam: _Camera, n: int) -> list[_Layer]:
+def _landscape_layers(rng: np.random.Generator, cam: _Camera, n: int) -> tuple[list[_Layer], float]:
+    """Sky, drifting clouds, mountains, tree line and fields; and the world y of the ground line."""
     size = float(min(cam.width, cam.height))
     zenith, haze, cloud = (_jitter(rng, c, 0.05) for c in _SKIES[rng.integers(len(_SKIES))])
     near, far, accent = (_jitter(rng, c) for c in _GROUNDS[rng.integers(len(_GROUNDS))])
@@ -311,7 +314,7 @@ def _landscape_layers(rng: np.random.Generator, cam: _Camera, n: int) -> list[_L
     detail = _noise(rng, h, w, size * rng.uniform(0.06, 0.15), rng.uniform(1.2, 1.5), aniso=1.5)
     g = _lerp(near, far, _smooth(-1.0, 1.0, patches)[..., None])
     g = _lerp(g, accent, 0.25 * _smooth(0.5, 2.0, detail)[..., None]) * (1 + 0.06 * detail[..., None])
-    g = g * (rng.uniform(0.7, 0.9) - 0.3 * _smooth(0.0, 1.2, d))[..., None]  # darker than the sky, and near
+    g = g * (rng.uniform(0.6, 0.8) - 0.3 * _smooth(0.0, 1.2, d))[..., None]  # darker than the sky, and near
     g = _lerp(g, haze, (0.45 * np.exp(-np.maximum(d, 0) * 4.0))[..., None])  # aerial perspective
     if rng.random() < 0.5:  # a lake that mirrors the sky
         lake = _noise(rng, h, w, size * 1.2, 2.3, aniso=4.0)
@@ -320,19 +323,22 @@ def _landscape_layers(rng: np.random.Generator, cam: _Camera, n: int) -> list[_L
         wa = _smooth(0.7, 0.9, lake) * _smooth(0.02, 0.1, d)
         g = _lerp(g, water, wa[..., None])
     ftex = _noise(rng, h, w, size * 0.06, 1.3)
-    frgb = foliage * (1 + 0.15 * ftex[..., None] + 0.15 * _smooth(0, 1, (Y - trees[None, :]) / (0.05 * size))[..., None])
+    lit = _smooth(0, 1, (Y - trees[None, :]) / (0.05 * size))  # tree crowns darker at the top
+    frgb = foliage * (1 + 0.15 * ftex[..., None] + 0.15 * lit[..., None])
     ground = np.where((Y >= horizon)[..., None], g, frgb)
     layers.append(_Layer(_rgba(ground, _smooth(trees[None, :] - 0.7, trees[None, :] + 0.7, Y)), x0, y0, 1.0))
-    return layers
+    return layers, horizon
 
 
-def _aerial_layers(rng: np.random.Generator, cam: _Camera, n: int) -> list[_Layer]:
+def _aerial_layers(rng: np.random.Generator, cam: _Camera, n: int) -> tuple[list[_Layer], None]:
+    """Hill-shaded terrain seen from above, drifting cloud shadows, haze; no ground line."""
     size = float(min(cam.width, cam.height))
-    stops = [(s + rng.uniform(-0.1, 0.1), tuple(_jitter(rng, c, 0.05))) for s, c in _TERRAINS[rng.integers(len(_TERRAINS))]]
+    stops = sorted((s + rng.uniform(-0.08, 0.08), tuple(_jitter(rng, c, 0.05)))
+                   for s, c in _TERRAINS[rng.integers(len(_TERRAINS))])
     x0, y0, w, h = _extent(cam, n, 1.0)
     smooth = _noise(rng, h, w, size * rng.uniform(1.2, 2.5), rng.uniform(2.4, 3.0)) + rng.uniform(-0.4, 0.6)
     hgt = smooth + 0.08 * _noise(rng, h, w, size * 0.15, 1.6)
-    rgb = _ramp(hgt, stops)
+    rgb = _ramp(hgt * 0.5, stops)  # spread out: gentle transitions between materials
     gy, gx = np.gradient(np.maximum(smooth, stops[1][0]) * size * 0.05)  # hill shading, sun from top left
     light = (-gx - gy) / np.sqrt(1 + gx * gx + gy * gy)
     detail = _noise(rng, h, w, size * rng.uniform(0.04, 0.1), 1.3)
@@ -345,7 +351,13 @@ def _aerial_layers(rng: np.random.Generator, cam: _Camera, n: int) -> list[_Laye
     cover = rng.uniform(0.3, 1.5)
     layers.append(_Layer(_rgba(np.zeros((h, w, 3), np.float32), 0.3 * _smooth(cover, cover + 1.0, c)),
                          x0, y0, 1.0, drift))
-    return layers
+    x0, y0, w, h = _extent(cam, n, 0.0)  # haze towards a low sun, fixed to the lens (parallax 0)
+    X, Y = _grid(x0 - cam.cx[0], y0 - cam.cy[0], w, h)
+    th = rng.uniform(0, 2 * np.pi)
+    g = _smooth(-0.4, 1.0, (X * np.cos(th) + Y * np.sin(th)) / (0.5 * np.hypot(cam.width, cam.height)))
+    haze = _jitter(rng, (0.82, 0.84, 0.86), 0.04)
+    layers.append(_Layer(_rgba(np.broadcast_to(haze, (h, w, 3)), rng.uniform(0.25, 0.45) * g), x0, y0, 0.0))
+    return layers, None
 
 
 @dataclass
@@ -359,22 +371,21 @@ class _Object:
     shadow: float
 
 
-def _objects(rng: np.random.Generator, cam: _Camera, n: int, scene: str, count: int) -> list[_Object]:
+def _objects(rng: np.random.Generator, cam: _Camera, n: int, count: int, ground: float | None) -> list[_Object]:
+    """``count`` objects on smooth paths through the middle of the clip; below world y ``ground`` if given."""
     size = float(min(cam.width, cam.height))
     out = []
     t = np.arange(n, dtype=np.float32)
     for _ in range(count):
-        r = size * rng.uniform(0.06, 0.16)
+        r = size * (rng.uniform(0.04, 0.11) if ground is not None else rng.uniform(0.03, 0.09))  # small from above
         rx, ry = r, r * rng.uniform(0.45, 0.95)
         speed = size * rng.uniform(0.005, 0.03)
-        ang = rng.uniform(0, 2 * np.pi)
+        ang = rng.uniform(0, 2 * np.pi) if ground is None else rng.uniform(-0.3, 0.3) + np.pi * rng.integers(2)
         turn = rng.uniform(-1.0, 1.0) / max(n, 1)
         heading = ang + turn * t
         step = np.stack([np.cos(heading), np.sin(heading)], -1) * speed
         mid = n // 2
         sx, sy = rng.uniform(-0.3, 0.3) * cam.width, rng.uniform(-0.25, 0.3) * cam.height
-        if scene == "landscape":
-            sy = abs(sy)  # on the ground, below the middle of the frame
         cx, cy = cam.cx[mid], cam.cy[mid]
         c, s = np.cos(cam.roll[mid]), np.sin(cam.roll[mid])
         centre = np.array([cx + c * sx - s * sy, cy + s * sx + c * sy], np.float32)
@@ -382,6 +393,8 @@ def _objects(rng: np.random.Generator, cam: _Camera, n: int, scene: str, count: 
         path = path - path[mid] + centre
         bob = size * 0.01 * np.sin(2 * np.pi * t / rng.uniform(10, 30) + rng.uniform(0, 6.3))
         path[:, 1] += bob
+        if ground is not None:  # walking on the ground, not flying over the hills
+            path[:, 1] += max(0.0, ground + 1.2 * ry - float(path[:, 1].min()))
         base = _jitter(rng, _OBJECT_COLOURS[rng.integers(len(_OBJECT_COLOURS))], 0.08)
         out.append(_Object(path, heading, rx, ry, base, _noise(rng, 64, 64, 24, rng.uniform(1.0, 1.6)),
                            rng.uniform(0.25, 0.45)))
@@ -436,23 +449,22 @@ def natural_frames(width: int, height: int, frames: int, seed: int, scene: str |
         raise ValueError(f"unknown scene {scene!r}: use one of {', '.join(SCENES)}")
     rng = np.random.default_rng([seed, 20240613])
     cam = _camera(rng, width, height, frames, scene)
-    layers = (_landscape_layers if scene == "landscape" else _aerial_layers)(rng, cam, frames)
-    objs = _objects(rng, cam, frames, scene, int(rng.integers(1, 4)))
-    exposure = 1.0 + rng.uniform(-0.03, 0.03) * np.sin(np.pi * np.arange(frames) / max(frames, 2))
+    layers, ground = (_landscape_layers if scene == "landscape" else _aerial_layers)(rng, cam, frames)
+    objs = _objects(rng, cam, frames, int(rng.integers(1, 4)), ground)
+    exposure = (1.0 + rng.uniform(-0.03, 0.03) * np.sin(np.pi * np.arange(frames) / max(frames, 2))).astype(np.float32)
     u = (np.arange(width, dtype=np.float32)[None, :] - (width - 1) / 2) / (0.5 * max(width, height))
     v = (np.arange(height, dtype=np.float32)[:, None] - (height - 1) / 2) / (0.5 * max(width, height))
     vignette = (1 - 0.18 * (u * u + v * v))[..., None]
     out = np.empty((frames, height, width, 3), np.uint8)
     for t in range(frames):
         img = np.zeros((height, width, 3), np.float32)
-        for layer in layers:
+        for layer in layers:  # back to front, "over"
             s = layer.sample(cam, t)
-            a = s[..., 3:]
-            img = img * (1 - a) + s[..., :3] * a
+            img += (s[..., :3] - img) * s[..., 3:]
         for ob in objs:
             _draw(img, ob, cam, t)
-        img = np.clip(img * vignette * exposure[t], 0, 1)
-        out[t] = np.round(img * 255).astype(np.uint8)
+        img *= vignette * (255 * exposure[t])
+        out[t] = np.clip(np.round(img), 0, 255).astype(np.uint8)
     return out
 
 
@@ -509,7 +521,7 @@ def make_image(path: Path, source: str, width: int, height: int) -> Path:
     nat, raw = _natural_source(source), None
     if nat is not None:
         raw = natural_frames(width, height, 1, **nat).tobytes()
-        inp = _raw_input(width, height, 1)
+        inp = [*_raw_input(width, height, 1), "-pix_fmt", "yuvj420p"]  # 4:2:0 like the lavfi stills
     else:
         inp = ["-f", "lavfi", "-i", f"{source}=size={width}x{height}:rate=1"]
     _ffmpeg([*inp, "-frames:v", "1", "-q:v", "2", "-fflags", "+bitexact", str(path)], raw)

@@ -15,6 +15,25 @@ def ema_decay(steps: int) -> float:
     return round(min(0.999, max(0.5, 1 - 10 / max(steps, 1))), 4)
 
 
+DEMO_CONFIG = "configs/demo.yaml"
+DEMO_MARGIN_DB = 3.0
+"""The demo's model must beat the mean-colour baseline of its own validation clips by this much."""
+
+
+def format_margins(baselines: dict) -> str:
+    """The validation PSNR beside the baselines of the same clips, and the demo's bar."""
+    if not baselines:
+        return "baselines     : not in the evaluation summary"
+    lines = []
+    for name, b in baselines.items():
+        base, margin = b["overall"]["psnr"], b["margin_db"]
+        line = f"baseline      : {name.replace('_', ' '):<12} {base:6.2f} dB  -> model {margin:+.2f} dB"
+        if name == "mean_colour":
+            line += f"  ({'meets' if margin >= DEMO_MARGIN_DB else 'BELOW'} the demo's +{DEMO_MARGIN_DB:.0f} dB bar)"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m flows.demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=300, help="training steps of the debug model")
@@ -31,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [f"train.steps={a.steps}", f"train.warmup_steps={max(1, a.steps // 10)}",
                  f"train.checkpoint_every={max(a.steps // 2, 1)}", "data.frames=[16]",
                  f"train.ema_decay={ema_decay(a.steps)}"]
-    state = train_pvq(sources=["demo"], overrides=overrides, launcher=a.launcher,
+    state = train_pvq(config=DEMO_CONFIG, sources=["demo"], overrides=overrides, launcher=a.launcher,
                       nproc=a.nproc if a.launcher == "local" else None, return_state=True)
     if not state.is_completed():
         print(f"demo failed: {state.message}", file=sys.stderr)
@@ -39,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     res = state.result()
     uri = default_tracking_uri()
     print(f"\nregistered pvq-vae v{res['version']} (champion v{res['champion']}), score {res['score']:.2f} dB")
+    print(format_margins(res.get("baselines", {})))
     print(f"run directory : {res['run_dir']} (evaluation/summary.json, evaluation/clips.parquet)")
     if uri.startswith("sqlite:"):
         store = uri.removeprefix("sqlite:///")

@@ -76,4 +76,5 @@ def train_pvq(config: str = DEFAULT_TRAIN_CONFIG, overrides: list[str] | None = 
     print(f"model {model_name} v{version}: score {promotion['score']:.3f} dB; champion is v{promotion['champion']}"
           f"{' (promoted)' if promotion['promoted'] else ''}; MLflow {tracking_uri}, run {result['mlflow_run_id']}")
     return {"run_id": result["mlflow_run_id"], "run_dir": str(run), "version": version, "data_version": dataset["version"],
-            "metrics": metrics, "report": report, **promotion, "flow_run": flow_run.get_id()}
+            "metrics": metrics, "report": report, "baselines": summary.get("baselines", {}), **promotion,
+            "flow_run": flow_run.get_id()}

@@ -290,6 +290,13 @@ def flat_metrics(summary: dict, prefix: str = "eval") -> dict[str, float]:
             for m in METRICS:
                 if agg.get(m) is not None:
                     out[f"{prefix}/{name}/{k}/{m}"] = float(agg[m])
+    for name, b in summary.get("baselines", {}).items():
+        for part in ("overall", "images", "videos"):
+            for m in ("psnr", "ssim"):
+                if b.get(part, {}).get(m) is not None:
+                    out[f"{prefix}/baseline/{name}/{part}/{m}"] = float(b[part][m])
+        if b.get("margin_db") is not None:
+            out[f"{prefix}/margin_db/{name}"] = float(b["margin_db"])
     for level, st in summary.get("codebook", {}).items():
         out[f"{prefix}/codebook/{level}/usage"] = float(st["usage"])
         out[f"{prefix}/codebook/{level}/perplexity"] = float(st["perplexity"])

@@ -100,14 +100,15 @@ def collate(items: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
 def fit(model: PVQVAE, clips: Sequence[Tensor | tuple[Tensor, Tensor]], steps: int, lr: float | None = None,
         callback: Callable[[int, dict[str, float]], None] | None = None, *, batch_size: int | None = None,
         eval_every: int = 0, on_eval: Callable[[int, "EMAWeights", dict[str, float]], None] | None = None,
-        ) -> list[float]:
+        data_init: bool = True) -> list[float]:
     """Train ``model`` for ``steps`` Adam steps on ``clips`` (each (1, 3, T, H, W) in [-1, 1], or a
     (video, mask) pair) with the config's schedule (:func:`lr_at`), betas, eps, grad clipping and EMA.
 
     Each step draws ``batch_size`` clips (default ``train.global_batch``, what one step of the
     trainer sees over all ranks) without replacement from a shuffled order seeded by
     ``train.seed``. ``on_eval(step, ema, parts)`` runs every ``eval_every`` steps and after the last;
-    the model is left in eval mode with its raw (not EMA) weights. Returns the loss per step."""
+    the model is left in eval mode with its raw (not EMA) weights. ``data_init=False`` skips the
+    quantizer's data-dependent initialisation (an experiment). Returns the loss per step."""
     cfg = model.cfg
     t = cfg.train
     pairs = [_as_pair(c) for c in clips]
@@ -123,7 +124,8 @@ def fit(model: PVQVAE, clips: Sequence[Tensor | tuple[Tensor, Tensor]], steps: i
     loss_fn = PVQLoss(cfg)
     model.train()
     first = next_batch()
-    model.data_init(first[0])
+    if data_init:
+        model.data_init(first[0])
     opt = torch.optim.Adam(model.parameters(), lr=lr_at(t, 0, lr), betas=tuple(t.betas), eps=t.eps,
                            weight_decay=t.weight_decay)
     ema = EMAWeights(model, t.ema_decay)

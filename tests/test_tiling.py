@@ -12,7 +12,13 @@ def model_for(configs, *overrides):
     cfg = load_config(configs / "debug.yaml", ["inference.tile_size=64", "inference.tile_overlap=32",
                                                "inference.chunk_frames=16", "inference.chunk_overlap=0",
                                                *overrides])
-    return PVQVAE(cfg).eval()
+    model = PVQVAE(cfg).eval()
+    # A new model's zero-initialised branches (blocks.py) make every layer look at its own cell
+    # only; re-draw all convolutions so the receptive fields that the halos must cover are real.
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv3d):
+            torch.nn.init.kaiming_normal_(m.weight)
+    return model
 
 
 def test_tiled_decode_equals_untiled(configs):
@@ -22,7 +28,7 @@ def test_tiled_decode_equals_untiled(configs):
     full = model.decode(z)
     tiled = model.decode_tiled(z)
     assert tiled.shape == full.shape == (1, 3, 32, 128, 288)
-    assert torch.allclose(tiled, full, atol=1e-5), (tiled - full).abs().max()
+    assert torch.allclose(tiled, full, atol=1e-5 * full.abs().max().item()), (tiled - full).abs().max()
 
 
 def test_tiled_decode_with_small_halo_is_close_but_not_exact(configs):

@@ -52,9 +52,10 @@ def save(root: Path, step: int, engine_g, engine_d, ema, rank: int) -> str:
     engine_d.save_checkpoint(str(root / "d"), tag=tag, client_state={"step": step})
     (root / "rng" / tag).mkdir(parents=True, exist_ok=True)
     torch.save(rng_state(), root / "rng" / tag / f"rank{rank}.pt")
+    ema_state = ema.state_dict()  # a collective: the sharded EMA is gathered on every rank
     if rank == 0:
         (root / "ema").mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, root / "ema" / f"{tag}.safetensors")
+        save_file({k: v.contiguous() for k, v in ema_state.items()}, root / "ema" / f"{tag}.safetensors")
     barrier()
     if rank == 0:
         tmp = root / "LATEST.tmp"

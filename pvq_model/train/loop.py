@@ -286,10 +286,11 @@ def _agree(flag: bool) -> bool:
 def export_ema(cfg: PVQConfig, ema: EMA, directory: Path, rank: int, extra: dict | None = None) -> Path:
     """Consolidated fp32 EMA weights as a ``PVQVAE.from_pretrained`` directory (rank 0 writes;
     every rank waits at the barrier so none times out)."""
+    ema_state = ema.state_dict()  # a collective: the sharded EMA is gathered on every rank
     if rank == 0:
         model = PVQVAE(cfg)
         state = model.state_dict()
-        state.update({k: v for k, v in ema.state_dict().items() if k in state})
+        state.update({k: v for k, v in ema_state.items() if k in state})
         model.load_state_dict(state)
         tmp = directory.with_name(directory.name + ".tmp")
         model.save_pretrained(tmp, extra=extra)

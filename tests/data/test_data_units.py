@@ -138,7 +138,7 @@ def _resize(frames_thwc: np.ndarray, crop: buckets.Crop) -> torch.Tensor:
 
 
 def test_encode_windows_match_a_direct_decord_read(demo, tmp_path):
-    v = demo.videos["testsrc_wide"]  # moving counter: a one-frame shift is visible
+    v = demo.videos["testsrc_wide"]  # a panning camera: a one-frame shift is visible
     windows = [clips.Window(0, 16, 16), clips.Window(20, 16, 16)]
     crop = buckets.center_crop(v["width"], v["height"], 160, 90)
     out = encode.encode_video(str(v["path"]), windows, crop, v["fps"], EncodeConfig(codec="lossless"), str(tmp_path))
