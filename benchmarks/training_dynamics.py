@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
     base_mean = psnr_of(lambda c: mean_colour(c.video, c.mask), val)
     base_pool = psnr_of(lambda c: pooled(c.video, factor, c.mask), val)
     curve: list[dict] = []
+    head = {"config": args.config, "overrides": args.set, "steps": steps, "mean_colour_psnr": base_mean[0],
+            "pooled_psnr": base_pool[0]}
     t0 = time.perf_counter()
 
     def evaluate(step: int, ema: EMAWeights | None, parts: dict) -> None:
@@ -93,6 +95,9 @@ def main(argv: list[str] | None = None) -> dict:
         model.train(was)
         curve.append(row)
         print(json.dumps(row), flush=True)
+        if args.out:  # partial curve after every evaluation (an interrupted run keeps its points)
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps({"summary": dict(head, partial=True), "curve": curve}, indent=1))
 
     extras: dict[str, EMAWeights] = {}
 

@@ -6,7 +6,8 @@
 * ``index.html`` - one page, no scripts, no remote resources; every image/video is a relative link;
 * ``table.md`` + the same table in the page - the paper's Table-1 layout (method, codebook size, dim,
   PSNR/SSIM/LPIPS on images and videos; LPIPS "absent" when no weights are configured), one row per
-  evaluation;
+  evaluation, each followed by its baselines' rows (mean colour, pooled; same clips) and the
+  model's margin over each in dB;
 * ``clips/<n>_frames.png`` - for a fixed set of clips of the first evaluation (the first ``clips``
   keys in sorted order, so the same clips on every run): original / reconstruction / error rows at
   ``frames`` evenly spaced frames, the error amplified ``error_gain`` times; and ``clips/<n>.mp4``,
@@ -23,6 +24,7 @@ from __future__ import annotations
 import html
 import json
 import shutil
+import statistics
 import sys
 from pathlib import Path
 
@@ -73,28 +75,66 @@ def _model_info(summary: dict) -> dict:
             "codebook_size": q.get("codebook_size", "?"), "dim": q.get("dim", "?")}
 
 
-def metrics_table(summaries: list[dict], names: list[str] | None = None) -> list[list[str]]:
-    """Rows of the Table-1 layout (header first)."""
-    def cell(part, metric, digits):
-        if not part or not part.get("clips"):
-            return "n/a"
-        v = part.get(metric)
-        return "absent" if v is None else f"{v:.{digits}f}"
+TABLE1_COLUMNS = ("Img PSNR", "Img SSIM", "Img LPIPS", "Vid PSNR", "Vid SSIM", "Vid LPIPS")
+TABLE1_CELLS = (("images", "psnr", 2), ("images", "ssim", 4), ("images", "lpips", 4),
+                ("videos", "psnr", 2), ("videos", "ssim", 4), ("videos", "lpips", 4))
+"""The Table-1 metric columns: (summary part, metric, decimals); images are the COCO-Val column,
+videos the WebVid-Val one."""
 
-    rows = [["Method", "Codebook size", "Dim", "Img PSNR", "Img SSIM", "Img LPIPS", "Vid PSNR", "Vid SSIM",
-             "Vid LPIPS"]]
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """(mean, sample standard deviation with ddof=1); the std is None for a single value."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def metric_cell(parts: list[dict], metric: str, digits: int) -> str:
+    """One table cell from the same part (``images``, ``videos``, ``overall``) of one or more
+    evaluations of one method (several: one per seed): "n/a" when none has clips of this kind,
+    "absent" when the metric was not measured (LPIPS without weights; never shown as 0), the value
+    for one evaluation, "mean ± std" (sample std, ddof=1) for several."""
+    parts = [p for p in parts if p and p.get("clips")]
+    if not parts:
+        return "n/a"
+    values = [p.get(metric) for p in parts]
+    if any(v is None for v in values):
+        return "absent"
+    mean, std = mean_std(values)
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def metric_cells(summaries: list[dict]) -> list[str]:
+    """The six Table-1 metric cells of one or more evaluations (or baseline entries) of one method."""
+    return [metric_cell([s.get(part, {}) for s in summaries], m, d) for part, m, d in TABLE1_CELLS]
+
+
+def baseline_label(name: str, baseline: dict) -> str:
+    """"mean colour (same clips)", "pooled 16x32x32 (same clips)": a baseline of
+    :func:`pvq_model.evaluate.baseline_summary`, measured on the clips the model was evaluated on."""
+    block = baseline.get("block")
+    size = f" {'x'.join(str(n) for n in block)}" if block else ""
+    return f"{name.replace('_', ' ')}{size} (same clips)"
+
+
+def metrics_table(summaries: list[dict], names: list[str] | None = None) -> list[list[str]]:
+    """Rows of the Table-1 layout (header first), one per evaluation, each followed by a row per
+    baseline in its summary (``summary["baselines"]``, absent in older summaries) with the
+    baseline's PSNR / SSIM on the same clips, LPIPS "absent" and the model's margin over it
+    (overall PSNR, model minus baseline) in the last column."""
+    rows = [["Method", "Codebook size", "Dim", *TABLE1_COLUMNS, "Margin (dB)"]]
     for i, s in enumerate(summaries):
         info = _model_info(s)
         name = names[i] if names and i < len(names) else info["method"]
-        im, vi = s.get("images", {}), s.get("videos", {})
-        rows.append([name, str(info["codebook_size"]), str(info["dim"]),
-                     cell(im, "psnr", 2), cell(im, "ssim", 4), cell(im, "lpips", 4),
-                     cell(vi, "psnr", 2), cell(vi, "ssim", 4), cell(vi, "lpips", 4)])
+        rows.append([name, str(info["codebook_size"]), str(info["dim"]), *metric_cells([s]), ""])
+        for b_name, b in s.get("baselines", {}).items():
+            margin = b.get("margin_db")
+            rows.append([baseline_label(b_name, b), "-", "-", *metric_cells([b]),
+                         "n/a" if margin is None else f"{margin:+.2f}"])
     return rows
 
 
-def _markdown(rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+def markdown_table(rows: list[list[str]]) -> str:
+    """A markdown table from rows (header first); the first column left-aligned, the rest right."""
+    out = ["| " + " | ".join(rows[0]) + " |", "|---|" + "---:|" * (len(rows[0]) - 1)]
     out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     return "\n".join(out) + "\n"
 
@@ -292,7 +332,7 @@ def build_report(eval_dirs: str | Path | list[str | Path], out_dir: str | Path,
     summary, rows = loaded[0]
 
     table = metrics_table(summaries, names)
-    (out / "table.md").write_text(_markdown(table))
+    (out / "table.md").write_text(markdown_table(table))
 
     keys = [r["key"] for r in rows][:clips]
     entries, counts = reconstruct_clips(summary, keys, out, frames, error_gain) if keys else ([], [])
@@ -323,6 +363,9 @@ def build_report(eval_dirs: str | Path | list[str | Path], out_dir: str | Path,
          + "".join(f"<th>{html.escape(c)}</th>" for c in table[0]) + "</tr></thead><tbody>"]
     h += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in table[1:]]
     h.append("</tbody></table>")
+    if any(s.get("baselines") for s in summaries):
+        h.append("<p class=\"meta\">Baseline rows: mean colour and pooled reconstructions of the same clips "
+                 "(pvq_model.naive); margin: the model's overall PSNR minus the baseline's, in dB.</p>")
     if extra_markdown:
         h.append(f"<details><summary>markdown</summary><pre>{html.escape(extra_markdown)}</pre></details>")
     by = summary.get("by_bucket", {})

@@ -56,8 +56,10 @@ def tiled_apply(fn: Callable[[Tensor], Tensor], x: Tensor, spec: TileSpec,
                 scale: tuple[float, float, float], progress: Callable[[int, int], None] | None = None) -> Tensor:
     """Apply ``fn`` to ``x`` (B, C, T, H, W) tile by tile; returns (B, C', T*st, H*sh, W*sw)."""
     size = x.shape[2:]
-    starts = [_starts(n, min(t, n), min(o, max(n - 1, 0))) for n, t, o in zip(size, spec.tile, spec.overlap)]
-    tiles = [min(t, n) for n, t in zip(size, spec.tile)]
+    # an axis whose tile plus halo already spans it is processed once: every window along it would
+    # see the whole axis and compute the same values
+    tiles = [n if t + hl >= n else min(t, n) for n, t, hl in zip(size, spec.tile, spec.halo)]
+    starts = [_starts(n, tn, min(o, max(n - 1, 0))) for n, tn, o in zip(size, tiles, spec.overlap)]
     out = weight = None
     total = len(starts[0]) * len(starts[1]) * len(starts[2])
     done = 0

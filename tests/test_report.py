@@ -149,11 +149,18 @@ def test_report_renders_and_links_resolve(evaluated, run_dir):
     s = res.summary
     assert f"{s['images']['psnr']:.2f}" in parser.cells and f"{s['videos']['psnr']:.2f}" in parser.cells
     assert f"{s['videos']['ssim']:.4f}" in parser.cells
-    assert parser.cells.count("absent") == 2 and "PVQ" in parser.cells
+    # the model's LPIPS cells and each baseline's (2 baselines x images, videos)
+    assert parser.cells.count("absent") == 2 + 2 * 2 and "PVQ" in parser.cells
+    pooled = s["baselines"]["pooled"]
+    assert "mean colour (same clips)" in parser.cells and f"{pooled['margin_db']:+.2f}" in parser.cells
     md = (out / "table.md").read_text().splitlines()
-    assert md[0].startswith("| Method | Codebook size | Dim | Img PSNR")
+    assert md[0].startswith("| Method | Codebook size | Dim | Img PSNR") and md[0].endswith("| Margin (dB) |")
     assert md[2] == (f"| PVQ | 65536 | 16 | {s['images']['psnr']:.2f} | {s['images']['ssim']:.4f} | absent | "
-                     f"{s['videos']['psnr']:.2f} | {s['videos']['ssim']:.4f} | absent |")
+                     f"{s['videos']['psnr']:.2f} | {s['videos']['ssim']:.4f} | absent |  |")
+    assert md[4] == (f"| pooled {'x'.join(map(str, pooled['block']))} (same clips) | - | - | "
+                     f"{pooled['images']['psnr']:.2f} | {pooled['images']['ssim']:.4f} | absent | "
+                     f"{pooled['videos']['psnr']:.2f} | {pooled['videos']['ssim']:.4f} | absent | "
+                     f"{pooled['margin_db']:+.2f} |")
 
     # a second build gives the same clip figures (fixed clips, deterministic model)
     before = {k: (out / c["grid"]).read_bytes() for k, c in clips.items()}
@@ -167,7 +174,41 @@ def test_metrics_table_marks_missing_kinds_and_names_rows(evaluated):
     s["images"] = {"clips": 0, "frames": 0, "psnr": None, "ssim": None, "lpips": None}
     rows = rp.metrics_table([s, res.summary], names=["only videos", "all"])
     assert rows[1][:6] == ["only videos", "65536", "16", "n/a", "n/a", "n/a"]
-    assert rows[2][0] == "all" and rows[2][3] == f"{res.summary['images']['psnr']:.2f}"
+    assert rows[4][0] == "all" and rows[4][3] == f"{res.summary['images']['psnr']:.2f}"  # after 2 baseline rows
+
+
+def _part(clips, psnr, ssim, lpips=None):
+    return {"clips": clips, "frames": clips, "psnr": psnr, "ssim": ssim, "lpips": lpips}
+
+
+def test_metrics_table_shows_the_baselines_under_each_model():
+    info = {"method": "PVQ", "codebook_size": 65536, "dim": 16}
+    model = {"method_info": info, "images": _part(1, 30.0, 0.9), "videos": _part(2, 28.5, 0.85, 0.123456),
+             "overall": _part(3, 29.0, 0.8667),
+             "baselines": {"mean_colour": {"overall": _part(3, 11.0, 0.2), "images": _part(1, 12.0, 0.25),
+                                           "videos": _part(2, 10.5, 0.175), "margin_db": 18.0, "block": None},
+                           "pooled": {"overall": _part(3, 24.25, 0.7), "images": _part(1, 25.0, 0.75),
+                                      "videos": _part(2, 23.875, 0.675), "margin_db": 4.75, "block": [4, 8, 8]}}}
+    older = {"method_info": {**info, "method": "VQ"}, "images": _part(1, 20.0, 0.5), "videos": _part(0, None, None),
+             "overall": _part(1, 20.0, 0.5)}  # an older summary: no baselines
+    rows = rp.metrics_table([model, older])
+    assert rows[0] == ["Method", "Codebook size", "Dim", "Img PSNR", "Img SSIM", "Img LPIPS", "Vid PSNR", "Vid SSIM",
+                       "Vid LPIPS", "Margin (dB)"]
+    assert rows[1:] == [
+        ["PVQ", "65536", "16", "30.00", "0.9000", "absent", "28.50", "0.8500", "0.1235", ""],
+        ["mean colour (same clips)", "-", "-", "12.00", "0.2500", "absent", "10.50", "0.1750", "absent", "+18.00"],
+        ["pooled 4x8x8 (same clips)", "-", "-", "25.00", "0.7500", "absent", "23.88", "0.6750", "absent", "+4.75"],
+        ["VQ", "65536", "16", "20.00", "0.5000", "absent", "n/a", "n/a", "n/a", ""]]
+    assert rp.markdown_table(rows).splitlines()[4] == (
+        "| pooled 4x8x8 (same clips) | - | - | 25.00 | 0.7500 | absent | 23.88 | 0.6750 | absent | +4.75 |")
+    model["baselines"]["pooled"]["margin_db"] = None  # the model had no PSNR to compare
+    assert rp.metrics_table([model])[3][-1] == "n/a"
+    # several evaluations of one method (seeds): mean ± sample std (ddof=1)
+    seeds = [_part(1, 30.0, 0.9), _part(1, 31.0, 0.92), _part(0, None, None)]  # the last: no clips of this kind
+    assert rp.metric_cell(seeds, "psnr", 2) == "30.50 ± 0.71"
+    assert rp.metric_cell([_part(1, 30.0, 0.9), _part(1, 31.0, 0.92)], "lpips", 4) == "absent"
+    assert rp.metric_cell([{}, _part(0, None, None)], "psnr", 2) == "n/a"
+    assert rp.mean_std([2.0]) == (2.0, None) and rp.mean_std([1.0, 3.0]) == (2.0, pytest.approx(2 ** 0.5))
 
 
 def test_report_errors_name_the_missing_evaluation(tmp_path):

@@ -133,7 +133,9 @@ def test_ablate_flow_runs_each_variant_as_a_task(harness, trained, session_dir, 
     res = state.result()
     assert res["failed"] == []
     rows = [line for line in res["table"].splitlines() if line.startswith("| ") and "Method" not in line]
-    assert len(rows) == 1 and rows[0].startswith("| LFQ | 65536 | 16 |")
+    # the variant's row, then the two baselines of the same validation clips
+    assert len(rows) == 3 and rows[0].startswith("| LFQ | 65536 | 16 |")
+    assert all("(same clips)" in r for r in rows[1:])
     assert (tmp_path / "abl" / "ablation.md").is_file() and (tmp_path / "abl" / "ablation.json").is_file()
 
 
