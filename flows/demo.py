@@ -36,7 +36,7 @@ def format_margins(baselines: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m flows.demo", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=300, help="training steps of the debug model")
+    ap.add_argument("--steps", type=int, default=200, help="training steps of the demo model (configs/demo.yaml)")
     ap.add_argument("--launcher", default="local", choices=["single", "local"],
                     help="local: 2 CPU ranks under torchrun in an isolated network namespace (needs root/unshare)")
     ap.add_argument("--nproc", type=int, default=2)
