@@ -242,6 +242,16 @@ def test_two_ranks_equal_one_rank_with_grad_accum_2(isolated, tmp_path):
     assert two_ranks[:2] == accum[:2] == plain[:2]
     assert max(err_ranks) < RTOL, err_ranks
     assert max(err_plain) < RTOL, err_plain
+    # The EMA is sharded like ZeRO-3 (each rank averages its own partition of the fp32 masters and
+    # the export gathers them): the 2-rank export equals the 1-rank one, whose single partition is
+    # every full parameter (the former full-gather EMA), to float32 rounding of the same updates.
+    from safetensors.torch import load_file
+
+    w2, w1 = load_file(out / "export" / "model.safetensors"), load_file(tmp_path / "accum" / "export" / "model.safetensors")
+    assert w2.keys() == w1.keys()
+    worst = max(float((w2[k] - w1[k]).abs().max() / w1[k].abs().max().clamp_min(1e-6)) for k in w1)
+    print(f"sharded EMA export, 2 ranks vs 1 rank: max rel {worst:.2g}")
+    assert worst < 1e-4, worst
 
 
 @pytest.mark.slow
