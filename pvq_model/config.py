@@ -188,6 +188,10 @@ class DataConfig:
     scales: list[list[int]] = field(default_factory=lambda: [list(s) for s in PAPER_SCALES])
     """(W, H) resolution buckets, sampled uniformly per step."""
     frames: list[int] = field(default_factory=lambda: list(PAPER_FRAMES))
+    hflip: bool = False
+    """Training only: mirror each clip left-right with probability 1/2 (``pvq_model.augment``)."""
+    reverse: bool = False
+    """Training only: play each clip backwards with probability 1/2 (its real frames; padding stays last)."""
 
 
 @dataclass

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .augment import augment_
 from .config import TrainConfig
 from .losses import PVQLoss
 from .vae import PVQVAE, VAEOutput
@@ -106,58 +107,36 @@ def fit(model: PVQVAE, clips: Sequence[Tensor | tuple[Tensor, Tensor]], steps: i
 
     Each step draws ``batch_size`` clips (default ``train.global_batch``, what one step of the
     trainer sees over all ranks) without replacement from a shuffled order seeded by
-    ``train.seed``. ``on_eval(step, ema, parts)`` runs every ``eval_every`` steps and after the last;
-    the model is left in eval mode with its raw (not EMA) weights. ``data_init=False`` skips the
-    quantizer's data-dependent initialisation (an experiment). Returns the loss per step."""
+    ``train.seed``, mirrored / reversed as ``data.hflip`` / ``data.reverse`` say
+    (:mod:`pvq_model.augment`), and runs :func:`fit_batches` on them (``on_eval``, ``eval_every``
+    and ``data_init`` as there). Returns the loss per step."""
     cfg = model.cfg
     t = cfg.train
     pairs = [_as_pair(c) for c in clips]
     batch_size = min(batch_size or t.global_batch, len(pairs))
-    rng = np.random.default_rng(t.seed)
-    order: list[int] = []
 
-    def next_batch() -> tuple[Tensor, Tensor]:
-        while len(order) < batch_size:
-            order.extend(rng.permutation(len(pairs)).tolist())
-        return collate([pairs[order.pop(0)] for _ in range(batch_size)])
+    def batches() -> Iterator[tuple[Tensor, Tensor]]:
+        rng = np.random.default_rng(t.seed)
+        order: list[int] = []
+        drawn = 0
+        while True:
+            while len(order) < batch_size:
+                order.extend(rng.permutation(len(pairs)).tolist())
+            x, mask = collate([pairs[order.pop(0)] for _ in range(batch_size)])
+            if cfg.data.hflip or cfg.data.reverse:  # collate made a copy: the clips themselves stay as given
+                augment_(x, mask, seed=t.seed, step=drawn, hflip=cfg.data.hflip, reverse=cfg.data.reverse)
+            drawn += 1
+            yield x, mask
 
-    loss_fn = PVQLoss(cfg)
-    model.train()
-    first = next_batch()
-    if data_init:
-        model.data_init(first[0])
-    opt = torch.optim.Adam(model.parameters(), lr=lr_at(t, 0, lr), betas=tuple(t.betas), eps=t.eps,
-                           weight_decay=t.weight_decay)
-    ema = EMAWeights(model, t.ema_decay)
-    losses, batch = [], first
-    parts_f: dict[str, float] = {}
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(t, step, lr)
-        x, mask = batch
-        loss, parts, _ = generator_step(model, loss_fn, x, mask, step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt.step()
-        ema.update(model)
-        losses.append(float(loss.detach()))
-        parts_f = {k: float(v.detach()) for k, v in parts.items()}
-        if callback is not None:
-            callback(step, parts_f)
-        if on_eval is not None and eval_every and ((step + 1) % eval_every == 0) and step + 1 < steps:
-            on_eval(step + 1, ema, parts_f)
-            model.train()
-        batch = next_batch()
-    if on_eval is not None:
-        on_eval(steps, ema, parts_f)
-    model.eval()
-    return losses
+    return fit_batches(model, batches(), steps, lr, callback, eval_every=eval_every, on_eval=on_eval,
+                       data_init=data_init)
 
 
 def fit_batches(model: PVQVAE, batches: Iterable[dict | tuple[Tensor, Tensor]], steps: int,
                 lr: float | None = None, callback: Callable[[int, dict[str, float]], None] | None = None, *,
-                grad_accum: int = 1, ema: EMAWeights | None = None) -> list[float]:
+                grad_accum: int = 1, ema: EMAWeights | None = None, eval_every: int = 0,
+                on_eval: Callable[[int, "EMAWeights", dict[str, float]], None] | None = None,
+                data_init: bool = True) -> list[float]:
     """Train ``model`` for ``steps`` Adam steps on ready micro-batches: the plain-PyTorch twin of the
     DeepSpeed trainer's generator update (``pvq_model.train.loop.train`` with the GAN off).
 
@@ -166,8 +145,11 @@ def fit_batches(model: PVQVAE, batches: Iterable[dict | tuple[Tensor, Tensor]], 
     step consumes ``grad_accum`` of them, as the trainer does: every micro-batch's loss is divided by
     ``grad_accum`` before its backward (DeepSpeed's ``engine.backward``), the gradients accumulate,
     then one clip to ``train.grad_clip`` and one Adam step with ``lr_at(step)``. The first micro-batch
-    also does the quantizer's data init (the trainer's rank 0 batch 0). Returns the loss per step,
-    the mean over its micro-batches, summed in the same order as the trainer's log."""
+    also does the quantizer's data init (the trainer's rank 0 batch 0; ``data_init=False`` skips it,
+    an experiment). ``callback(step, parts)`` runs after every step; ``on_eval(step, ema, parts)``
+    every ``eval_every`` steps and after the last, after which the model is back in train mode
+    (at the end it is left in eval mode with its raw, not EMA, weights). Returns the loss per
+    step, the mean over its micro-batches, summed in the same order as the trainer's log."""
     t = model.cfg.train
     stream = iter(batches)
 
@@ -177,17 +159,19 @@ def fit_batches(model: PVQVAE, batches: Iterable[dict | tuple[Tensor, Tensor]], 
     loss_fn = PVQLoss(model.cfg)
     model.train()
     first = pair(next(stream))
-    model.data_init(first[0])
+    if data_init:
+        model.data_init(first[0])
     opt = torch.optim.Adam(model.parameters(), lr=lr_at(t, 0, lr), betas=tuple(t.betas), eps=t.eps,
                            weight_decay=t.weight_decay)
     ema = ema if ema is not None else EMAWeights(model, t.ema_decay)
     losses: list[float] = []
     pending: tuple[Tensor, Tensor] | None = first
+    parts_f: dict[str, float] = {}
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(t, step, lr)
         opt.zero_grad(set_to_none=True)
-        parts_f: dict[str, float] = {}
+        parts_f = {}
         total = 0.0
         for _ in range(grad_accum):
             x, mask = pending if pending is not None else pair(next(stream))
@@ -203,5 +187,10 @@ def fit_batches(model: PVQVAE, batches: Iterable[dict | tuple[Tensor, Tensor]], 
         losses.append(total)
         if callback is not None:
             callback(step, {**parts_f, "loss": total})
+        if on_eval is not None and eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
+            on_eval(step + 1, ema, parts_f)
+            model.train()
+    if on_eval is not None:
+        on_eval(steps, ema, parts_f)
     model.eval()
     return losses

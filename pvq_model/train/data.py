@@ -10,6 +10,7 @@ import torch
 
 from data_prep.loader import make_loader, step_choice
 
+from ..augment import augment_
 from ..config import PVQConfig
 from ..demo import synthetic_clip
 
@@ -31,10 +32,24 @@ def synthetic_batches(cfg: PVQConfig, rank: int, start_step: int) -> Iterator[di
 
 
 def training_batches(cfg: PVQConfig, rank: int, world_size: int, start_step: int) -> Iterator[dict]:
-    """Micro-batches from ``start_step`` (a micro-step index) on; resumable without replay."""
+    """Micro-batches from ``start_step`` (a micro-step index) on; resumable without replay.
+
+    With ``data.hflip`` / ``data.reverse``, each clip is mirrored / reversed by a draw from
+    (seed, micro-step, rank, index) (:mod:`pvq_model.augment`), so resuming stays exact."""
     t = cfg.train
     if t.data_path is None:
-        return synthetic_batches(cfg, rank, start_step)
-    return iter(make_loader(t.data_path, split="train", batch_size=t.micro_batch, frames=cfg.data.frames,
-                            buckets=t.data_buckets, seed=t.seed, rank=rank, world_size=world_size,
-                            start_step=start_step, num_workers=t.num_workers, version=t.data_version))
+        batches = synthetic_batches(cfg, rank, start_step)
+    else:
+        batches = iter(make_loader(t.data_path, split="train", batch_size=t.micro_batch, frames=cfg.data.frames,
+                                   buckets=t.data_buckets, seed=t.seed, rank=rank, world_size=world_size,
+                                   start_step=start_step, num_workers=t.num_workers, version=t.data_version))
+    if not (cfg.data.hflip or cfg.data.reverse):
+        return batches
+    return _augmented(batches, cfg, rank)
+
+
+def _augmented(batches: Iterator[dict], cfg: PVQConfig, rank: int) -> Iterator[dict]:
+    for b in batches:
+        augment_(b["video"], b["mask"], seed=cfg.train.seed, step=b["step"], rank=rank,
+                 hflip=cfg.data.hflip, reverse=cfg.data.reverse)
+        yield b
