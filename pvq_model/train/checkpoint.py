@@ -4,12 +4,19 @@ the data position: the loader is a pure function of it) and every rank's RNG sta
 Layout under ``RUN/checkpoints``: ``g/<tag>`` and ``d/<tag>`` (engine checkpoints, separate
 directories because each engine writes its own ``latest``), ``ema/<tag>.safetensors``,
 ``rng/<tag>/rank<r>.pt``, and ``LATEST`` holding the tag; ``LATEST`` is written last, after a
-barrier, so a checkpoint interrupted mid-write is never picked up.
+barrier and after every rank has fsynced its files, so a checkpoint interrupted mid-write (or by a
+power loss) is never picked up.
+
+A checkpoint is trusted input: DeepSpeed restores engine states with ``torch.load(weights_only=False)``,
+which runs code from the file. :func:`load` therefore refuses a checkpoint folder (or anything in it)
+that is not owned by the current user or is world-writable (:func:`check_trusted`).
 """
 
 from __future__ import annotations
 
+import os
 import random
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +53,53 @@ def barrier() -> None:
         dist.barrier()
 
 
+class UntrustedCheckpointError(PermissionError):
+    """A checkpoint folder that another user could have written; the message names the path and the fix."""
+
+
+def check_trusted(root: Path) -> None:
+    """Refuse ``root`` when it, or any file or folder under it, is not owned by this user or is
+    world-writable: loading it would run code that someone else could have planted."""
+    uid = os.getuid()
+    root = Path(root)
+    paths = [root, *sorted(root.rglob("*"))]
+    for p in paths:
+        st = p.stat()
+        if st.st_uid != uid:
+            raise UntrustedCheckpointError(
+                f"{p}: owned by uid {st.st_uid}, not by you (uid {uid}); checkpoints are loaded with "
+                f"torch.load(weights_only=False), which runs code from the file. Resume only from a run "
+                f"directory you wrote (chown it if it is yours), or start a new --out")
+        if st.st_mode & stat.S_IWOTH:
+            raise UntrustedCheckpointError(
+                f"{p}: world-writable (mode {stat.filemode(st.st_mode)}); checkpoints are loaded with torch.load(weights_only=False), "
+                f"which runs code from the file. Fix it with `chmod -R o-w {root}` if nobody else wrote it, "
+                f"or start a new --out")
+
+
+def _fsync_tree(*paths: Path) -> None:
+    """fsync every file under ``paths`` and the folders holding them (so renames are durable too)."""
+    dirs: set[Path] = set()
+    for base in paths:
+        if not base.exists():
+            continue
+        files = [base] if base.is_file() else [f for f in base.rglob("*") if f.is_file()]
+        for f in files:
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            dirs.add(f.parent)
+        dirs.add(base if base.is_dir() else base.parent)
+    for d in sorted(dirs):
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def save(root: Path, step: int, engine_g, engine_d, ema, rank: int) -> str:
     tag = tag_for(step)
     engine_g.save_checkpoint(str(root / "g"), tag=tag, client_state={"step": step})
@@ -56,11 +110,18 @@ def save(root: Path, step: int, engine_g, engine_d, ema, rank: int) -> str:
     if rank == 0:
         (root / "ema").mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in ema_state.items()}, root / "ema" / f"{tag}.safetensors")
+    # every rank makes what it wrote durable before LATEST may point at it
+    _fsync_tree(root / "g" / tag, root / "d" / tag, root / "rng" / tag,
+                *([root / "ema" / f"{tag}.safetensors"] if rank == 0 else []))
     barrier()
     if rank == 0:
         tmp = root / "LATEST.tmp"
-        tmp.write_text(tag)
+        with open(tmp, "w") as f:
+            f.write(tag)
+            f.flush()
+            os.fsync(f.fileno())
         tmp.replace(root / "LATEST")
+        _fsync_tree(root / "LATEST")
     barrier()
     return tag
 
@@ -71,7 +132,8 @@ def latest(root: Path) -> str | None:
 
 
 def load(root: Path, tag: str, engine_g, engine_d, ema, rank: int) -> int:
-    """Restore a checkpoint; returns its step."""
+    """Restore a checkpoint; returns its step. Refuses an untrusted folder (:func:`check_trusted`)."""
+    check_trusted(root)
     _, client = engine_g.load_checkpoint(str(root / "g"), tag=tag)
     engine_d.load_checkpoint(str(root / "d"), tag=tag)
     ema.load_state_dict(load_file(root / "ema" / f"{tag}.safetensors"))
