@@ -22,6 +22,6 @@ for name in prefect-worker mlflow-server prefect-server; do
   rm -f "$f"
 done
 rm -f "$STATE/env"
-"$BIN/prefect" --no-prompt config unset PREFECT_API_URL >/dev/null 2>&1 || true
+"$BIN/prefect" --no-prompt config unset PREFECT_API_URL PREFECT_API_AUTH_STRING >/dev/null 2>&1 || true
 [ "$stopped" -gt 0 ] || echo "nothing running (no live pid files in $STATE)"
 exit 0

@@ -7,6 +7,12 @@
 # Process ids, logs and an env file go to PVQ_SERVICES_DIR (default .cache/services);
 # infra/local/down.sh stops exactly those processes.
 #
+# Both servers require authentication. A random secret is generated on the first start and kept in
+# PVQ_SERVICES_DIR/secret (mode 0600); the Prefect API takes HTTP basic auth "pvq:SECRET"
+# (PREFECT_SERVER_API_AUTH_STRING), MLflow runs its basic-auth app with the admin user "pvq" and the
+# same password. The worker gets the credentials in its environment, the CLI through the env file
+# (mode 0600). CORS is restricted to each server's own origin; MLflow also checks the Host header.
+#
 # Environment (all optional): PREFECT_PORT, MLFLOW_PORT, PREFECT_HOME, PVQ_SERVICES_DIR,
 # PVQ_MLFLOW_DIR, PVQ_WORK_DIR (flow outputs, default .cache/work), PVQ_PYTHON_BIN (default .venv/bin).
 set -euo pipefail
@@ -22,9 +28,10 @@ export PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT=false
 export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 HF_HUB_OFFLINE=1
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$ROOT/.cache/torch_extensions}
 export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
-unset PREFECT_API_URL MLFLOW_TRACKING_URI
+unset PREFECT_API_URL MLFLOW_TRACKING_URI PREFECT_API_AUTH_STRING MLFLOW_TRACKING_USERNAME MLFLOW_TRACKING_PASSWORD
 
 mkdir -p "$STATE/logs" "$MLDIR/artifacts" "$PREFECT_HOME" "$PVQ_WORK_DIR"
+chmod 700 "$STATE"
 for name in prefect-server mlflow-server prefect-worker; do
   if [ -f "$STATE/$name.pid" ] && kill -0 "$(cat "$STATE/$name.pid")" 2>/dev/null; then
     echo "error: $name is already running (pid $(cat "$STATE/$name.pid")); run infra/local/down.sh first" >&2
@@ -37,6 +44,26 @@ PREFECT_PORT=${PREFECT_PORT:-$(free_port)}
 MLFLOW_PORT=${MLFLOW_PORT:-$(free_port)}
 export PREFECT_API_URL="http://127.0.0.1:$PREFECT_PORT/api"
 export MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT"
+
+# The shared secret: generated once, readable by this user only. MLflow's auth store keeps the
+# admin password it was first started with, so a new secret starts a new auth store.
+umask 077
+if [ ! -s "$STATE/secret" ]; then
+  "$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(32))' > "$STATE/secret"
+  rm -f "$MLDIR/auth.db"
+fi
+chmod 600 "$STATE/secret"
+SECRET=$(cat "$STATE/secret")
+cat > "$STATE/mlflow_auth.ini" <<INI
+[mlflow]
+default_permission = NO_PERMISSIONS
+database_uri = sqlite:///$MLDIR/auth.db
+admin_username = pvq
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+INI
+umask 022
+export PREFECT_API_AUTH_STRING="pvq:$SECRET"
+export MLFLOW_TRACKING_USERNAME=pvq MLFLOW_TRACKING_PASSWORD="$SECRET"
 
 # start NAME CMD...: in its own session (so down.sh can stop the whole process group), pid recorded
 start() {
@@ -69,8 +96,14 @@ PY
   fi
 }
 
-start prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT" --analytics-off
-start mlflow-server "$BIN/mlflow" server --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
+PREFECT_SERVER_API_AUTH_STRING="pvq:$SECRET" \
+PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS="http://127.0.0.1:$PREFECT_PORT" \
+  start prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT" --analytics-off
+MLFLOW_AUTH_CONFIG_PATH="$STATE/mlflow_auth.ini" MLFLOW_AUTH_ADMIN_PASSWORD="$SECRET" \
+MLFLOW_FLASK_SERVER_SECRET_KEY="$("$BIN/python" -c 'import secrets; print(secrets.token_hex(32))')" \
+  start mlflow-server "$BIN/mlflow" server --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
+  --app-name basic-auth --allowed-hosts "127.0.0.1:$MLFLOW_PORT,localhost:$MLFLOW_PORT" \
+  --cors-allowed-origins "http://127.0.0.1:$MLFLOW_PORT" \
   --backend-store-uri "sqlite:///$MLDIR/mlflow.db" --artifacts-destination "$MLDIR/artifacts"
 wait_http prefect-server "$PREFECT_API_URL/health" 120
 wait_http mlflow-server "$MLFLOW_TRACKING_URI/health" 120
@@ -83,19 +116,28 @@ cd "$ROOT"
 PREFECT_WORKER_QUERY_SECONDS=${PREFECT_WORKER_QUERY_SECONDS:-5} \
   start prefect-worker "$BIN/prefect" worker start --pool pvq-process --type process --name "pvq-worker-$PREFECT_PORT"
 
+umask 077
 cat > "$STATE/env" <<ENV
 export PREFECT_HOME=$PREFECT_HOME
 export PREFECT_API_URL=$PREFECT_API_URL
+export PREFECT_API_AUTH_STRING=$PREFECT_API_AUTH_STRING
 export MLFLOW_TRACKING_URI=$MLFLOW_TRACKING_URI
+export MLFLOW_TRACKING_USERNAME=$MLFLOW_TRACKING_USERNAME
+export MLFLOW_TRACKING_PASSWORD=$MLFLOW_TRACKING_PASSWORD
 export PVQ_WORK_DIR=$PVQ_WORK_DIR
 export PVQ_SERVICES_DIR=$STATE PVQ_MLFLOW_DIR=$MLDIR
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 MLFLOW_DISABLE_TELEMETRY=true
 ENV
-# the profile in this PREFECT_HOME points at the server too (for shells that only set PREFECT_HOME)
-"$BIN/prefect" --no-prompt config set "PREFECT_API_URL=$PREFECT_API_URL" >/dev/null
+chmod 600 "$STATE/env"
+umask 022
+# the profile in this PREFECT_HOME points at the server too (for shells that only set PREFECT_HOME);
+# it holds the API auth string, so the profiles file is made readable by this user only
+"$BIN/prefect" --no-prompt config set "PREFECT_API_URL=$PREFECT_API_URL" "PREFECT_API_AUTH_STRING=$PREFECT_API_AUTH_STRING" >/dev/null
+chmod 600 "$PREFECT_HOME/profiles.toml" 2>/dev/null || true
 
 echo "Prefect UI/API : http://127.0.0.1:$PREFECT_PORT   (API $PREFECT_API_URL)"
 echo "MLflow UI      : $MLFLOW_TRACKING_URI   (store $MLDIR)"
+echo "credentials    : user pvq, password in $STATE/secret (mode 0600); both servers answer 401 without them"
 echo "worker         : pool pvq-process, log $STATE/logs/prefect-worker.log"
 echo "deployments    : shard-data/shard-data refresh-shards/refresh-shards train-pvq/train-pvq reevaluate/reevaluate"
 echo "next           : source $STATE/env && prefect deployment run 'train-pvq/train-pvq'"

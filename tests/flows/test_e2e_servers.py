@@ -37,7 +37,10 @@ def services(tmp_path):
         values = dict(line.removeprefix("export ").split("=", 1) for line in
                       (tmp_path / "services" / "env").read_text().splitlines() if "=" in line and " " not in
                       line.removeprefix("export "))
-        env.update(PREFECT_API_URL=values["PREFECT_API_URL"], MLFLOW_TRACKING_URI=values["MLFLOW_TRACKING_URI"])
+        env.update(PREFECT_API_URL=values["PREFECT_API_URL"], MLFLOW_TRACKING_URI=values["MLFLOW_TRACKING_URI"],
+                   PREFECT_API_AUTH_STRING=values["PREFECT_API_AUTH_STRING"],  # both servers require auth
+                   MLFLOW_TRACKING_USERNAME=values["MLFLOW_TRACKING_USERNAME"],
+                   MLFLOW_TRACKING_PASSWORD=values["MLFLOW_TRACKING_PASSWORD"])
         assert env["PREFECT_API_URL"].startswith("http://127.0.0.1:")
         assert env["MLFLOW_TRACKING_URI"].startswith("http://127.0.0.1:")
         yield env, tmp_path
@@ -47,8 +50,10 @@ def services(tmp_path):
         assert down.returncode == 0 and pids == [], down.stdout + down.stderr
 
 
-def test_deployment_run_train_then_reevaluate(services):
+def test_deployment_run_train_then_reevaluate(services, monkeypatch):
     env, tmp = services
+    for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # for MlflowClient in this process
+        monkeypatch.setenv(k, env[k])
     run = _run([str(BIN / "prefect"), "deployment", "run", "train-pvq/train-pvq", "--watch", "--watch-timeout", "420",
                 "--param", 'overrides=["train.steps=4", "train.warmup_steps=1", "train.checkpoint_every=1000", '
                 '"data.frames=[16]"]'], env, 480)
