@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import shutil
 import tempfile
 import uuid
@@ -23,6 +24,57 @@ S3_ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"
 
 class StorageError(OSError):
     """A path cannot be read or written; the message names the path and the likely fix."""
+
+
+# query parameters whose values are secrets (presigned URLs, tokens, API keys)
+_SECRET_QUERY = re.compile(r"(?i)^(x-amz-(signature|credential|security-token)|signature|sig|token|access_token|"
+                           r"id_token|refresh_token|api[_-]?key|apikey|key|secret|password|passwd|pwd|auth|"
+                           r"client_secret)$")
+_URI = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)([^\s'\"<>]+)")
+REDACTED = "***"
+
+
+def _redact_one(scheme: str, rest: str) -> str:
+    head, sep, query = rest.partition("?")
+    authority, slash, path = head.partition("/")
+    if "@" in authority:
+        userinfo, _, host = authority.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        authority = f"{user}:{REDACTED}@{host}" if ":" in userinfo else f"{REDACTED}@{host}"
+    out = scheme + authority + slash + path
+    if sep:
+        fragment = ""
+        if "#" in query:
+            query, fragment = query.split("#", 1)
+            fragment = "#" + fragment
+        parts = []
+        for kv in query.split("&"):
+            k, eq, v = kv.partition("=")
+            parts.append(f"{k}={REDACTED}" if eq and _SECRET_QUERY.match(k) else kv)
+        out += "?" + "&".join(parts) + fragment
+    return out
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URI's userinfo (``http://user:pw@host``) and the values of
+    secret-looking query parameters (``?token=``, ``X-Amz-Signature=``, ...) replaced by ``***``.
+
+    For everything that is logged, printed or stored as a run parameter; never for the URI that is used.
+    """
+    if not isinstance(text, str) or "://" not in text:
+        return text
+    return _URI.sub(lambda m: _redact_one(m.group(1), m.group(2)), text)
+
+
+def redact_tree(value):
+    """:func:`redact` applied to every string in a nested dict / list (a config, an environment)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redact_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_tree(v) for v in value)
+    return value
 
 
 def s3_env() -> dict[str, str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.runtime import flow_run
 
+from data_prep.storage import redact
 from flows.common import (DEFAULT_SHARD_CONFIG, DEFAULT_TRAIN_CONFIG, MODEL_NAME, ParameterError, configure_env,
                      default_shards, default_tracking_uri, fingerprint, project_path, work_dir)
 from flows.shard_data import shard_data
@@ -74,7 +75,7 @@ def train_pvq(config: str = DEFAULT_TRAIN_CONFIG, overrides: list[str] | None = 
     version = register_model(tracking_uri, model_name, result["mlflow_run_id"], summary, dataset, train_cfg)
     promotion = promote_if_better(tracking_uri, model_name, version, dataset, str(run / "champion-eval"))
     print(f"model {model_name} v{version}: score {promotion['score']:.3f} dB; champion is v{promotion['champion']}"
-          f"{' (promoted)' if promotion['promoted'] else ''}; MLflow {tracking_uri}, run {result['mlflow_run_id']}")
+          f"{' (promoted)' if promotion['promoted'] else ''}; MLflow {redact(tracking_uri)}, run {result['mlflow_run_id']}")
     return {"run_id": result["mlflow_run_id"], "run_dir": str(run), "version": version, "data_version": dataset["version"],
             "metrics": metrics, "report": report, "baselines": summary.get("baselines", {}), **promotion,
             "flow_run": flow_run.get_id()}

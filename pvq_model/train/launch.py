@@ -370,7 +370,9 @@ def format_plan(p: LaunchPlan) -> str:
         lines.append(f"--- {p.script}")
         lines.append(p.script_text.rstrip())
         lines.append("---")
-    return "\n".join(lines)
+    from data_prep.storage import redact
+
+    return redact("\n".join(lines))  # printed: no credentials of a tracking / data URI
 
 
 # ---------------------------------------------------------------------------------------------

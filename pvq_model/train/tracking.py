@@ -72,8 +72,15 @@ class MLflowLogger:
         return self.run.info.run_id
 
     def log_setup(self, config: dict, ds_config: dict, tags: dict[str, str]) -> None:
+        """Params, tags and the two config files; credentials in any URI among them are redacted
+        (``http://user:***@host``, ``?token=***``): the run's metadata is readable by everyone who
+        can read the tracking server."""
         from mlflow.entities import Param, RunTag
 
+        from data_prep.storage import redact, redact_tree
+
+        config, ds_config = redact_tree(config), redact_tree(ds_config)
+        tags = {k: redact(str(v)) for k, v in tags.items()}
         params = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in flatten(config).items()]
         for i in range(0, len(params), 90):
             self.client.log_batch(self.run_id, params=params[i:i + 90])
