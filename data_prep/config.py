@@ -89,6 +89,11 @@ class ShardConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     hash_sources: bool = True
     """sha256 of every source (metadata, and change detection in ``refresh``)."""
+    allowed_hosts: list[str] = field(default_factory=list)
+    """Hosts (``name`` or ``name:port``) that http(s) sources may be fetched from. Empty: any host, the
+    URL is fetched as given (a CSV can then make the job request any address this machine reaches,
+    internal ones included). Sources on other hosts become ``host_not_allowed`` error rows, before
+    any request is made."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

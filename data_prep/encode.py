@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from data_prep.buckets import Crop
 from data_prep.clips import Window
 from data_prep.config import EncodeConfig
+from data_prep.probe import INPUT_ARGS, ffmpeg_url
 
 
 class EncodeError(RuntimeError):
@@ -52,7 +53,7 @@ def video_command(src: str, windows: list[Window], crop: Crop, fps: float, cfg: 
         bounds.append(acc)
     key_expr = "+".join(["eq(n,0)", *(f"eq(n,{b})" for b in bounds)])
     cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-nostats", "-progress", "pipe:1",
-           "-threads", str(cfg.threads), "-i", src, "-map", "0:v:0", "-an", "-sn", "-dn",
+           "-threads", str(cfg.threads), *INPUT_ARGS, "-i", ffmpeg_url(src), "-map", "0:v:0", "-an", "-sn", "-dn",
            "-vf", vf, "-fps_mode", "passthrough", *_codec_args(cfg),
            "-force_key_frames", f"expr:{key_expr}", "-forced-idr", "1",
            "-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1", "-map_chapters", "-1",
@@ -62,12 +63,13 @@ def video_command(src: str, windows: list[Window], crop: Crop, fps: float, cfg: 
         cmd += ["-segment_frames", ",".join(map(str, bounds))]
     else:
         cmd += ["-segment_time", "1000000"]
-    return [*cmd, "-y", out_pattern]
+    return [*cmd, "-y", ffmpeg_url(out_pattern)]
 
 
 def count_frames(path: str) -> int:
     r = subprocess.run(["ffprobe", "-v", "error", "-count_packets", "-select_streams", "v:0", "-show_entries",
-                        "stream=nb_read_packets", "-of", "csv=p=0", path], capture_output=True, text=True)
+                        "stream=nb_read_packets", "-of", "csv=p=0", *INPUT_ARGS, ffmpeg_url(path)],
+                       capture_output=True, text=True)
     try:
         return int(r.stdout.strip().split(",")[0])
     except ValueError:
@@ -98,9 +100,10 @@ def encode_video(src: str, windows: list[Window], crop: Crop, fps: float, cfg: E
 
 
 def image_command(src: str, crop: Crop, cfg: EncodeConfig, out: str) -> list[str]:
-    return ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-i", src, "-vf", _filters(crop),
+    return ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", *INPUT_ARGS, "-i", ffmpeg_url(src),
+            "-vf", _filters(crop),
             "-frames:v", "1", "-q:v", str(cfg.jpeg_quality), "-pix_fmt", "yuvj444p",
-            "-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1", "-y", out]
+            "-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1", "-y", ffmpeg_url(out)]
 
 
 def encode_image(src: str, crop: Crop, cfg: EncodeConfig, out: str) -> EncodedClip:

@@ -17,6 +17,7 @@ crash or not - gives byte-identical shards. :func:`refresh` reuses everything un
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -28,8 +29,9 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -46,6 +48,35 @@ TAR_OVERHEAD = 3 * 512  # per tar member: header + padding (upper bound used for
 
 class ShardJobError(RuntimeError):
     """The job cannot run (existing dataset, mismatched partial version); the message says what to do."""
+
+
+@contextmanager
+def output_lock(out: str) -> Iterator[None]:
+    """One writer per local ``--out``: an exclusive ``flock`` on ``OUT/.lock`` for the whole job.
+
+    A second job on the same output exits at once with a message naming the holder (the lock goes
+    with the process, also on ``kill -9``). S3 outputs are not locked: run one job per prefix.
+    """
+    if storage.is_remote(out):
+        yield
+        return
+    root = storage.strip_file(out)
+    os.makedirs(root, exist_ok=True)
+    path = os.path.join(root, ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            raise ShardJobError(f"{out} is being written by another shard job ({holder}); wait for it to "
+                                f"finish, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                      .encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @dataclass
@@ -196,7 +227,9 @@ def _process_into(item: dict, source: dict, cfg: ShardConfig, tmp: str) -> dict:
     except EncodeError as e:
         return fail("encode_failed", str(e))
     except (OSError, storage.StorageError) as e:
-        return fail("download_failed", f"{item['uri']}: {e}")
+        return fail("download_failed", f"{storage.redact(item['uri'])}: {e}")
+    except Exception as e:  # noqa: BLE001 - a bad input never kills the Ray task (and every rerun with it)
+        return fail("internal_error", f"{storage.redact(item['uri'])}: {type(e).__name__}: {e}")
     source["clips"] = len(clips)
     return {"source": source, "clips": clips, "errors": errors}
 
@@ -313,13 +346,36 @@ def _write_all(plans: list[dict], out: str, version: str, progress: Callable[[in
 # Driver
 
 
+def host_allowed(uri: str, allowed: list[str]) -> bool:
+    """Whether an http(s) ``uri`` may be fetched under ``allowed_hosts`` (empty: any host)."""
+    from urllib.parse import urlsplit
+
+    if not allowed or not uri.lower().startswith(("http://", "https://")):
+        return True
+    u = urlsplit(uri)
+    host = (u.hostname or "").lower()
+    names = {a.lower() for a in allowed}
+    return host in names or (u.port is not None and f"{host}:{u.port}" in names)
+
+
+def check_hosts(items: list[SourceItem], cfg: ShardConfig) -> list[SourceItem]:
+    """Turn sources on hosts outside ``cfg.allowed_hosts`` into ``host_not_allowed`` items (no request made)."""
+    out = []
+    for it in items:
+        if it.error is None and not host_allowed(it.uri, cfg.allowed_hosts):
+            it = SourceItem(it.id, it.uri, it.caption, it.kind, "host_not_allowed",
+                            f"{storage.redact(it.uri)}: host not in allowed_hosts {cfg.allowed_hosts}")
+        out.append(it)
+    return out
+
+
 def _stat_item(it: SourceItem) -> dict:
     d = it.to_dict()
     d.update(size=-1, version="")
     if it.error is None:
         try:
             d.update(storage.info(it.uri))
-        except (FileNotFoundError, OSError, storage.StorageError):
+        except Exception:  # noqa: BLE001 - any failure to stat is a missing source, recorded per item
             pass
     return d
 
@@ -374,20 +430,37 @@ def _run_ray(rows: list, fn: Callable, key: str, per_task: int, fn_kwargs: dict,
     return out
 
 
-def _job_id(cfg: ShardConfig, sources: list[str], parent: str | None) -> dict:
+def inputs_fingerprint(items: list[dict]) -> str:
+    """Hash of the listed inputs: every item's id, uri, caption, size and mtime/ETag (or its error)."""
+    h = hashlib.sha256()
+    for i in sorted(items, key=lambda i: (i["id"], i["uri"])):
+        h.update(json.dumps([i["id"], i["uri"], i.get("caption", ""), i.get("size"), i.get("version"),
+                             i.get("error")]).encode() + b"\n")
+    return h.hexdigest()
+
+
+def _job_id(cfg: ShardConfig, sources: list[str], parent: str | None, items: list[dict]) -> dict:
     return {"fingerprint": cfg.fingerprint(), "sources": list(sources), "parent": parent,
             "maxcount": cfg.shards.maxcount, "maxsize": cfg.shards.maxsize,
-            "val_fraction": cfg.shards.val_fraction}
+            "val_fraction": cfg.shards.val_fraction,
+            "inputs": {"count": len(items), "sha256": inputs_fingerprint(items)}}
 
 
 def _start_version(out: str, job: dict, version: str) -> None:
     uri = storage.join(out, version, "_job.json")
     if storage.exists(uri):
         old = json.loads(storage.read_text(uri))
-        if old != job:
+        if {k: v for k, v in old.items() if k != "inputs"} != {k: v for k, v in job.items() if k != "inputs"}:
             raise ShardJobError(f"{storage.join(out, version)} is an unfinished version of a different job "
                                 f"(other sources or config); delete that folder or rerun with the same "
                                 f"sources and config to finish it")
+        if old.get("inputs") != job["inputs"]:
+            was = old.get("inputs", {}).get("count", "?")
+            raise ShardJobError(f"{storage.join(out, version)} is an unfinished version, and the files its sources "
+                                f"list changed since it was started (added, removed or modified; {was} inputs "
+                                f"then, {job['inputs']['count']} now), so finishing it would mix old and new "
+                                f"clips. Delete {storage.join(out, version)} (and {storage.join(out, '_work')} for "
+                                f"a local --out) to start it again from the current files, or restore the files")
     else:
         storage.write_bytes(uri, json.dumps(job, sort_keys=True, indent=1).encode())
 
@@ -466,14 +539,22 @@ def _encode_stage(items: list[dict], cfg: ShardConfig, work_dir: str, progress: 
 
 def shard(sources: list[str], out: str, cfg: ShardConfig, *, progress: Callable[[str, int], Callable] | None = None,
           keep_work: bool = False) -> JobResult:
-    """Build version 1 of a dataset at ``out`` from ``sources`` (resuming an unfinished run)."""
+    """Build version 1 of a dataset at ``out`` from ``sources`` (resuming an unfinished run).
+
+    Holds :func:`output_lock` on ``out`` for the whole job."""
+    with output_lock(out):
+        return _shard(sources, out, cfg, progress=progress, keep_work=keep_work)
+
+
+def _shard(sources: list[str], out: str, cfg: ShardConfig, *, progress: Callable[[str, int], Callable] | None,
+           keep_work: bool) -> JobResult:
     t0 = time.time()
     if manifest.latest_version(out) is not None:
         raise ShardJobError(f"{out} already holds a dataset (version {manifest.latest_version(out)}); "
                             f"use `pvq data refresh` to update it, or choose an empty --out")
-    items = [i for i in stat_sources(list_sources(sources))]
+    items = stat_sources(check_hosts(list_sources(sources, exclude=[out]), cfg))
     version = manifest.version_name(1)
-    _start_version(out, _job_id(cfg, sources, None), version)
+    _start_version(out, _job_id(cfg, sources, None, items), version)
     storage.remove_temporaries(storage.join(out, version))
     ensure_ray(cfg)
     work = _work_dir(out, version, cfg)
@@ -519,10 +600,17 @@ def refresh(sources: list[str], out: str, cfg: ShardConfig, *,
 
     Unchanged shards are referenced from their old version; shards holding a changed or removed
     source are repacked (their other samples copied over). No source change: nothing is written.
+    Holds :func:`output_lock` on ``out`` for the whole job.
     """
+    with output_lock(out):
+        return _refresh(sources, out, cfg, progress=progress, keep_work=keep_work)
+
+
+def _refresh(sources: list[str], out: str, cfg: ShardConfig, *, progress: Callable[[str, int], Callable] | None,
+             keep_work: bool) -> JobResult:
     t0 = time.time()
     prev = manifest.read_version(out)
-    items = stat_sources(list_sources(sources))
+    items = stat_sources(check_hosts(list_sources(sources, exclude=[out]), cfg))
     old_sources = {s["id"]: s for s in prev["sources"]}
     new_by_id = {i["id"]: i for i in items}
     changed = {i["id"] for i in items
@@ -537,7 +625,7 @@ def refresh(sources: list[str], out: str, cfg: ShardConfig, *,
         return JobResult(out, prev["version"], False, f"no source changed since {prev['version']}; nothing written",
                          prev["stats"])
     version = manifest.version_name(manifest.version_number(prev["version"]) + 1)
-    _start_version(out, _job_id(cfg, sources, prev["version"]), version)
+    _start_version(out, _job_id(cfg, sources, prev["version"], items), version)
     storage.remove_temporaries(storage.join(out, version))
     ensure_ray(cfg)
     work = _work_dir(out, version, cfg)

@@ -10,15 +10,18 @@ A source spec is one of:
 - a folder or ``s3://bucket/prefix``: every video/image file under it; a caption is read from a
   sidecar ``<name>.txt`` when one exists.
 
-Rows that cannot be listed (corrupt CSV rows) come back as items with ``error`` set, so the job
-records them instead of failing.
+Rows that cannot be listed (corrupt CSV rows, unsupported URI schemes) come back as items with
+``error`` set, so the job records them instead of failing. Ids are unique by construction
+(:func:`unique_ids`): no input is dropped because another one has the same name.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import os
 import posixpath
 import re
 from dataclasses import asdict, dataclass
@@ -61,31 +64,106 @@ def _resolve(base_dir: str, ref: str) -> str:
     return storage.join(base_dir, ref)
 
 
+SCHEMES = ("file", "s3", "http", "https")
+"""URI schemes a source may use; anything else (ftp://, github://, ...) is an ``unsupported_scheme`` row."""
+
+
+def scheme_of(uri: str) -> str | None:
+    m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", uri)
+    return m.group(1).lower() if m else None
+
+
+def _complete(text: str) -> bool:
+    """Whether ``text`` ends outside a quoted field (csv's strict mode says "unexpected end of data")."""
+    try:
+        for _ in csv.reader(io.StringIO(text), strict=True):
+            pass
+    except csv.Error as e:
+        return "unexpected end of data" not in str(e)
+    return True
+
+
+def _looks_like_row(line: str, width: int) -> bool:
+    """Whether one physical line is on its own a complete CSV row of ``width`` fields with an id and a URL."""
+    if not _complete(line):
+        return False
+    try:
+        rows = list(csv.reader([line]))
+    except csv.Error:
+        return False
+    return len(rows) == 1 and len(rows[0]) == width and bool(rows[0][0].strip()) and bool(rows[0][1].strip())
+
+
+def _csv_records(text: str, width: int) -> Iterator[tuple[int, str, bool]]:
+    """Split CSV text (after the header) into records: ``(first line index, text, terminated)``.
+
+    A quoted field may span lines, but never across a line that is a complete row by itself: an
+    unterminated quote then ends at the end of its own line (``terminated`` False) instead of
+    swallowing every later row into one caption.
+    """
+    lines = text.splitlines(keepends=True)
+    i = 0
+    while i < len(lines):
+        start, buf = i, lines[i]
+        i += 1
+        while not _complete(buf) and i < len(lines) and not _looks_like_row(lines[i], width):
+            buf += lines[i]
+            i += 1
+        yield start, buf, _complete(buf)
+
+
 def read_webvid_csv(spec: str) -> Iterator[SourceItem]:
+    """Rows of a WebVid CSV; every row that cannot be used is an item with ``error`` set and the row
+    number (0-based, data rows) and line number in its detail, and the rows after it still count."""
     text = storage.read_text(spec)
     base = storage.dirname(spec)
     name = posixpath.basename(spec)
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
+    head, _, body = text.partition("\n")
+    try:
+        header = next(csv.reader([head]), None)
+    except csv.Error:
+        header = None
     if header is None or [h.strip() for h in header[:5]] != list(WEBVID_COLUMNS):
         raise SourceError(f"{spec}: not a WebVid CSV; expected header {','.join(WEBVID_COLUMNS)}, got {header}")
+    width = len(header)
     index = 0
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as e:
-            yield SourceItem(f"{name}:row{index}", spec, "", "video", "bad_csv_row", f"row {index}: {e}")
-            break
+    for start, record, terminated in _csv_records(body, width):
+        if not record.strip():
+            continue  # blank line
+        line = start + 2  # 1-based, after the header
+        k = index
         index += 1
-        if len(row) != len(header) or not row[0].strip() or not row[1].strip():
-            yield SourceItem(f"{name}:row{index - 1}", spec, "", "video", "bad_csv_row",
-                             f"row {index - 1} (line {reader.line_num}): expected {len(header)} fields, "
-                             f"got {len(row)}: {row[:3]}")
+
+        def bad(reason: str, what: str) -> SourceItem:
+            return SourceItem(f"{name}:row{k}", spec, "", "video", reason, f"row {k} (line {line}): {what}")
+
+        if not terminated:
+            yield bad("bad_csv_row", f"unterminated quote: {record.strip()[:80]!r}")
+            continue
+        try:
+            rows = list(csv.reader(io.StringIO(record)))
+        except csv.Error as e:
+            yield bad("bad_csv_row", f"{e}")
+            continue
+        row = rows[0] if len(rows) == 1 else None
+        if row is None or len(row) != width:
+            yield bad("bad_csv_row", f"expected {width} fields, got {len(row) if row else len(rows)}: "
+                                     f"{(row or [])[:3]}")
             continue
         vid, url, _dur, _page, caption = (c.strip() for c in row[:5])
+        if not vid:
+            yield bad("bad_csv_row", f"empty videoid (url {url[:80]!r})")
+            continue
+        if not url:
+            yield bad("bad_csv_row", f"empty contentUrl (videoid {vid!r})")
+            continue
         uri = _resolve(base, url)
+        scheme = scheme_of(uri)
+        if scheme is not None and scheme not in SCHEMES:
+            yield SourceItem(f"webvid:{vid}", uri, caption, kind_of(uri) or "video", "unsupported_scheme",
+                             f"row {k} (line {line}): {scheme}:// is not supported; use a local path, "
+                             f"file://, s3:// or http(s)://")
+            continue
         yield SourceItem(f"webvid:{vid}", uri, caption, kind_of(uri) or "video")
 
 
@@ -122,13 +200,25 @@ def read_coco(spec: str) -> Iterator[SourceItem]:
         yield SourceItem(f"coco:{img_id}", uri, captions.get(img_id, ""), "image")
 
 
-def read_folder(spec: str) -> Iterator[SourceItem]:
+def _norm(uri: str) -> str:
+    return uri.rstrip("/") if storage.is_remote(uri) else os.path.abspath(storage.strip_file(uri))
+
+
+def _under(uri: str, roots: list[str]) -> bool:
+    u = _norm(uri)
+    return any(u == r or u.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def read_folder(spec: str, exclude: list[str] | None = None) -> Iterator[SourceItem]:
+    """Every media file under ``spec``, except those under the folders in ``exclude`` (the job's own
+    output tree when ``--out`` lies inside a source folder: its work cache holds mp4 files)."""
     files = storage.find(spec)
     names = set(files)
     root = spec.rstrip("/")
+    roots = [_norm(e) for e in exclude or []]
     for uri in files:
         kind = kind_of(uri)
-        if kind is None:
+        if kind is None or (roots and _under(uri, roots)):
             continue
         rel = uri[len(root):].lstrip("/") if uri.startswith(root) else posixpath.basename(uri)
         side = posixpath.splitext(uri)[0] + ".txt"
@@ -136,30 +226,53 @@ def read_folder(spec: str) -> Iterator[SourceItem]:
         yield SourceItem(f"file:{rel}", uri, caption, kind)
 
 
-def list_sources(specs: list[str]) -> list[SourceItem]:
-    """All items of all specs, in a deterministic order, ids unique (a repeated id keeps the first)."""
+def list_sources(specs: list[str], exclude: list[str] | None = None) -> list[SourceItem]:
+    """All items of all specs, in a deterministic order, ids unique (:func:`unique_ids`). Folder
+    listings skip everything under ``exclude`` (the job's output)."""
     items: list[SourceItem] = []
     for spec in specs:
         path = spec.partition("::")[0]
+        scheme = scheme_of(path)
+        if scheme is not None and scheme not in SCHEMES:
+            raise SourceError(f"{spec}: {scheme}:// sources are not supported; use a local path, file://, s3:// "
+                              f"or http(s)://")
         if not storage.exists(path):
             raise SourceError(f"source not found: {path} (check the path, or the S3 endpoint/credentials "
                               f"for s3:// sources)")
         if storage.isdir(path):
-            items.extend(read_folder(path))
+            items.extend(read_folder(path, exclude))
         elif path.lower().endswith(".csv"):
             items.extend(read_webvid_csv(path))
         elif path.lower().endswith(".json"):
             items.extend(read_coco(spec))
         elif kind_of(path):
-            items.append(SourceItem(f"file:{posixpath.basename(path)}", path, "", kind_of(path)))
+            # absolute: the Ray workers that open it do not share the caller's working directory
+            uri = path if storage.is_remote(path) else os.path.abspath(storage.strip_file(path))
+            items.append(SourceItem(f"file:{posixpath.basename(path)}", uri, "", kind_of(path)))
         else:
             raise SourceError(f"{spec}: unknown source; give a WebVid .csv, a COCO captions .json, a folder, "
                               f"a media file or an s3:// prefix")
-    seen: set[str] = set()
+    return unique_ids(items)
+
+
+def unique_ids(items: list[SourceItem]) -> list[SourceItem]:
+    """Make ids unique by construction, keeping every input.
+
+    The same (id, uri) listed twice (one CSV given twice, a folder and a file in it) is one input:
+    kept once. An id shared by *different* inputs (two folders that both hold ``clip.mp4``, a CSV
+    that repeats a ``videoid`` with another URL) gets ``@<8 hex of sha1(uri)>`` appended on every one
+    of them, so no input is dropped and the ids do not depend on the order of the specs.
+    """
+    uris: dict[str, set[str]] = {}
+    for it in items:
+        uris.setdefault(it.id, set()).add(it.uri)
+    seen: set[tuple[str, str]] = set()
     out = []
     for it in items:
-        if it.id in seen:
+        if (it.id, it.uri) in seen:
             continue
-        seen.add(it.id)
+        seen.add((it.id, it.uri))
+        if len(uris[it.id]) > 1:
+            it = SourceItem(**{**it.to_dict(), "id": f"{it.id}@{hashlib.sha1(it.uri.encode()).hexdigest()[:8]}"})
         out.append(it)
     return out

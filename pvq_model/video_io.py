@@ -27,15 +27,16 @@ def require_ffmpeg() -> None:
 
 def read_video(path: str | Path, max_frames: int | None = None) -> tuple[np.ndarray, float]:
     """Decode ``path`` to (T, H, W, 3) uint8 RGB; images give T = 1. Returns (frames, fps)."""
-    from data_prep.probe import probe  # the data pipeline's ffprobe reader, one for the project
+    from data_prep.probe import FORMAT_WHITELIST, PROTOCOL_WHITELIST, ffmpeg_url, probe  # one ffprobe reader
 
     path = Path(path)
     require_ffmpeg()
     meta = probe(str(path))
     if meta.error is not None:
         raise MediaError(f"{path}: {meta.error}: {meta.detail}")
-    w, h = meta.width, meta.height
-    stream = ffmpeg.input(str(path))
+    w, h = meta.width, meta.height  # as displayed: ffmpeg applies the rotation while decoding, and so does probe
+    stream = ffmpeg.input(ffmpeg_url(str(path)), protocol_whitelist=PROTOCOL_WHITELIST,
+                          format_whitelist=FORMAT_WHITELIST)
     kwargs = {"format": "rawvideo", "pix_fmt": "rgb24"}
     if max_frames:
         kwargs["frames:v"] = max_frames
@@ -51,13 +52,15 @@ def read_video(path: str | Path, max_frames: int | None = None) -> tuple[np.ndar
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float = 25.0, crf: int = 16) -> Path:
     """Encode (T, H, W, 3) uint8 RGB frames to an H.264 mp4 (yuv420p; odd sizes padded by one)."""
+    from data_prep.probe import ffmpeg_url
+
     require_ffmpeg()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     t, h, w, _ = frames.shape
     proc = (
         ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{w}x{h}", framerate=fps)
-        .output(str(path), vcodec="libx264", pix_fmt="yuv420p", crf=crf, preset="medium",
+        .output(ffmpeg_url(str(path)), vcodec="libx264", pix_fmt="yuv420p", crf=crf, preset="medium",
                 vf="pad=ceil(iw/2)*2:ceil(ih/2)*2")
         .overwrite_output()
         .run_async(pipe_stdin=True, quiet=True)

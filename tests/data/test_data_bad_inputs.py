@@ -1,0 +1,258 @@
+"""The hostile-input corpus of issue 13 (items 2 and 5-12): each input becomes an error row with a
+clear reason or is handled correctly, and every good input still lands.
+
+One shard job runs over a corpus built here: a WebVid CSV with an unterminated quote in the middle,
+a field over 128 KiB, ftp:// / github:// / unknown schemes, an empty contentUrl, a repeated videoid,
+a host outside ``allowed_hosts``, an HLS playlist saved as ``.mp4``, a rotated video and a caption
+that legitimately spans two lines; two folders that both hold ``clip.mp4``; a folder with a PNG
+decompression bomb beside a good photo; a single file whose name starts with ``-``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import struct
+import subprocess
+import tarfile
+import zlib
+from pathlib import Path
+
+import decord
+import numpy as np
+import pytest
+
+from data_prep import manifest, sources
+from data_prep.probe import probe
+from data_prep.samples import make_image, make_video
+from data_prep.shard import ShardJobError, output_lock, shard
+
+pytestmark = pytest.mark.slow
+
+BIG = 140 * 1024  # over csv's 128 KiB field limit
+
+
+def _png_bomb(path: Path, side: int = 30000) -> Path:
+    """A valid PNG that declares ``side`` x ``side`` 1-bit pixels of zeros (~110 KB on disk)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    comp, parts = zlib.compressobj(9), []
+    row = b"\x00" * (1 + (side + 7) // 8)
+    for _ in range(side):
+        parts.append(comp.compress(row))
+    parts.append(comp.flush())
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+    return path
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *args], check=True)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    c = root / "csv"
+    for i, name in enumerate(("testsrc2", "smptebars", "mandelbrot", "rgbtestsrc", "testsrc", "yuvtestsrc")):
+        make_video(c / f"good{i}.mp4", name, 64, 64, 16, 10)
+    make_video(c / "dup.mp4", "mandelbrot", 64, 64, 16, 10)
+    make_video(c / "multi.mp4", "smptebars", 64, 64, 16, 10)
+    # HLS playlist saved as .mp4: it points at a segment of another video
+    make_video(c / "secret.mp4", "rgbtestsrc", 64, 64, 16, 10)
+    _ffmpeg("-i", str(c / "secret.mp4"), "-c", "copy", "-f", "hls", "-hls_time", "100", str(c / "list.m3u8"))
+    (c / "list.m3u8").rename(c / "hls.mp4")
+    (c / "secret.mp4").unlink()
+    # rotated video: coded 96x64, displayed 64x96 (an asymmetric pattern, lossless, so orientation shows)
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=96x64:rate=10", "-frames:v", "16", "-c:v", "libx264", "-qp", "0",
+            "-pix_fmt", "yuv444p", str(c / "upright.mp4"))
+    _ffmpeg("-i", str(c / "upright.mp4"), "-c", "copy", "-metadata:s:v:0", "rotate=90", str(c / "rot.mp4"))
+    lines = [
+        "videoid,contentUrl,duration,page_dir,name",
+        "100,good0.mp4,PT1S,d,first good row",
+        '101,good1.mp4,PT1S,d,"a quote that is never closed',
+        "102,good2.mp4,PT1S,d,the row after the bad quote",
+        '103,good3.mp4,PT1S,d,"' + "x" * BIG + '"',
+        "104,good4.mp4,PT1S,d,the row after the huge field",
+        "105,ftp://127.0.0.1/a.mp4,PT1S,d,ftp",
+        "106,github://org:repo@/a.mp4,PT1S,d,github",
+        "107,weird+scheme://x/a.mp4,PT1S,d,unknown scheme",
+        "108,,PT1S,d,empty url",
+        "100,dup.mp4,PT1S,d,the same videoid for another file",
+        "109,http://127.0.0.1:9/remote.mp4,PT1S,d,host not allowed",
+        "110,hls.mp4,PT1S,d,a playlist",
+        "111,rot.mp4,PT1S,d,rotated",
+        '112,multi.mp4,PT1S,d,"a caption on',
+        'two lines"',
+        "113,good5.mp4,PT1S,d,last row",
+    ]
+    (c / "list.csv").write_text("\n".join(lines) + "\n")
+    make_video(root / "a" / "clip.mp4", "testsrc2", 64, 64, 16, 10)
+    make_video(root / "b" / "clip.mp4", "smptebars", 64, 64, 16, 10)
+    (root / "img").mkdir()
+    _png_bomb(root / "img" / "bomb.png")
+    make_image(root / "img" / "ok.jpg", "testsrc2", 64, 64)
+    make_video(root / "-dash.mp4", "testsrc2", 64, 64, 16, 10)
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(corpus, demo_cfg, ray_cluster, tmp_path_factory):
+    cfg = demo_cfg("encode.codec=lossless", "allowed_hosts=[localhost]", "shards.val_fraction=0.0")
+    out = tmp_path_factory.mktemp("hostile-out") / "out"
+    cwd = os.getcwd()
+    os.chdir(corpus)  # the single-file spec is the relative name "-dash.mp4"
+    try:
+        result = shard([str(corpus / "csv" / "list.csv"), str(corpus / "a"), str(corpus / "b"),
+                        str(corpus / "img"), "-dash.mp4"], str(out), cfg)
+    finally:
+        os.chdir(cwd)
+    v = manifest.read_version(str(out))
+    return cfg, out, result, v
+
+
+def _errors(v) -> dict[str, tuple[str, str]]:
+    return {e["source_id"]: (e["reason"], e["detail"]) for e in v["errors"]}
+
+
+def _landed(v) -> dict[str, dict]:
+    return {s["source_id"]: s for s in v["samples"]}
+
+
+def test_decompression_bomb_is_an_error_row_and_the_photo_beside_it_lands(built):
+    _, _, _, v = built
+    reason, detail = _errors(v)["file:bomb.png"]
+    assert reason == "image_too_large" and "bomb.png" in detail and "900000000" in detail
+    assert "file:ok.jpg" in _landed(v)
+
+
+def test_csv_rows_fail_one_by_one_and_every_good_row_lands(built):
+    _, _, _, v = built
+    err, landed = _errors(v), _landed(v)
+    assert err["list.csv:row1"][0] == "bad_csv_row" and "unterminated quote" in err["list.csv:row1"][1]
+    assert err["list.csv:row3"][0] == "bad_csv_row" and "field larger than field limit" in err["list.csv:row3"][1]
+    assert err["list.csv:row8"][0] == "bad_csv_row" and "empty contentUrl" in err["list.csv:row8"][1]
+    for vid, scheme in (("105", "ftp"), ("106", "github"), ("107", "weird+scheme")):
+        assert err[f"webvid:{vid}"][0] == "unsupported_scheme" and f"{scheme}://" in err[f"webvid:{vid}"][1]
+    for vid in ("102", "104", "111", "112", "113"):
+        assert f"webvid:{vid}" in landed, vid
+    assert landed["webvid:102"]["caption"] == "the row after the bad quote"  # not swallowed by row 1
+    assert landed["webvid:112"]["caption"] == "a caption on\ntwo lines"  # a real multi-line field still works
+    assert landed["webvid:113"]["caption"] == "last row"
+
+
+def test_duplicate_ids_are_made_unique_and_nothing_is_dropped(built, corpus):
+    _, _, _, v = built
+    landed = _landed(v)
+    by_uri = {s["uri"]: s["source_id"] for s in v["samples"]}
+    dup = [by_uri[str(corpus / "csv" / n)] for n in ("good0.mp4", "dup.mp4")]
+    assert all(d.startswith("webvid:100@") for d in dup) and dup[0] != dup[1]
+    clips = [by_uri[str(corpus / d / "clip.mp4")] for d in ("a", "b")]
+    assert all(c.startswith("file:clip.mp4@") for c in clips) and clips[0] != clips[1]
+    assert len({s["key"] for s in v["samples"]}) == len(v["samples"])
+    assert "webvid:100" not in landed and "file:clip.mp4" not in landed
+
+
+def test_host_allow_list_refuses_before_any_request(built):
+    _, _, _, v = built
+    reason, detail = _errors(v)["webvid:109"]
+    assert reason == "host_not_allowed" and "127.0.0.1" in detail
+
+
+def test_playlist_with_a_video_extension_is_refused(built):
+    _, _, _, v = built
+    reason, detail = _errors(v)["webvid:110"]
+    assert reason == "unsupported_format" and "hls" in detail
+    assert not any("secret" in s["uri"] or s["source_id"] == "webvid:110" for s in v["samples"])
+
+
+def test_rotated_video_is_probed_cut_and_encoded_upright(built, corpus):
+    from pvq_model.video_io import read_video
+
+    _, out, _, v = built
+    assert probe(str(corpus / "csv" / "rot.mp4")).rotation in (90, 270)
+    p = probe(str(corpus / "csv" / "rot.mp4"))
+    assert (p.width, p.height) == (64, 96)
+    s = _landed(v)["webvid:111"]
+    assert (s["src_width"], s["src_height"]) == (64, 96)
+    shown, _ = read_video(corpus / "csv" / "rot.mp4")  # (T, 96, 64, 3) as displayed
+    upright, _ = read_video(corpus / "csv" / "upright.mp4")
+    assert shown.shape == (16, 96, 64, 3)
+    assert any(np.array_equal(shown, np.rot90(upright, k, axes=(1, 2))) for k in (1, -1))
+    with tarfile.open(out / s["shard"]) as tf:
+        data = tf.extractfile(f"{s['key']}.mp4").read()
+    got = decord.VideoReader(io.BytesIO(data)).get_batch(list(range(s["frames"]))).asnumpy()
+    w, h = (int(x) for x in s["bucket"].split("x"))
+    assert got.shape[1:3] == (h, w) == (64, 64)  # a square bucket: centre rows of the displayed picture
+    ref = shown[s["start"]:s["start"] + s["frames"], 16:80]
+    assert np.abs(got.astype(int) - ref).mean() < 3.0
+
+
+def test_single_file_named_like_an_option_lands(built):
+    _, _, _, v = built
+    assert "file:-dash.mp4" in _landed(v)
+    assert not any(e["source_id"] == "file:-dash.mp4" for e in v["errors"])
+
+
+def test_the_job_records_every_listed_input(built):
+    _, _, result, v = built
+    ids = {s["id"] for s in v["sources"]}
+    assert ids == set(_landed(v)) | set(_errors(v))
+    assert result.stats["errors"] == len(v["errors"])
+
+
+# ---- crash, change and concurrency (items 10-12) --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nested(demo_cfg, ray_cluster, tmp_path_factory):
+    """A folder source with ``--out`` inside it, sharded once with the work cache kept (as a kill -9
+    would leave it), then made unfinished again by removing LATEST."""
+    root = tmp_path_factory.mktemp("nested")
+    src = root / "src"
+    for i, name in enumerate(("testsrc2", "smptebars", "mandelbrot")):
+        make_video(src / f"v{i}.mp4", name, 64, 64, 16, 10)
+    out = src / "out"
+    cfg = demo_cfg()
+    first = shard([str(src)], str(out), cfg, keep_work=True)
+    return cfg, src, out, first
+
+
+def test_output_inside_a_source_folder_is_not_ingested(nested):
+    cfg, src, out, first = nested
+    assert first.stats["sources"] == 3
+    assert list((out / "_work").rglob("*.mp4"))  # the job's own clips sit under the source folder
+    assert all(not i.uri.startswith(str(out)) for i in sources.list_sources([str(src)], exclude=[str(out)]))
+    (out / "LATEST").unlink()  # the version is unfinished again (as after kill -9 before LATEST)
+    again = shard([str(src)], str(out), cfg, keep_work=True)
+    assert again.stats["sources"] == 3 and again.stats["samples"] == first.stats["samples"]
+    assert not any(str(out) in s["uri"] for s in manifest.read_version(str(out))["sources"])
+
+
+def test_changed_inputs_of_an_unfinished_version_are_refused_clearly(nested):
+    cfg, src, out, first = nested
+    (out / "LATEST").unlink(missing_ok=True)
+    moved = src.parent / "v1.mp4"
+    shutil.move(src / "v1.mp4", moved)
+    try:
+        with pytest.raises(ShardJobError, match="changed since it was started"):
+            shard([str(src)], str(out), cfg)
+    finally:
+        shutil.move(moved, src / "v1.mp4")
+    done = shard([str(src)], str(out), cfg)  # the same files again: it finishes
+    assert done.stats["sources"] == 3
+
+
+def test_a_second_job_on_the_same_output_exits_with_a_message(nested, tmp_path):
+    cfg, src, _, _ = nested
+    out = tmp_path / "locked"
+    with output_lock(str(out)):
+        with pytest.raises(ShardJobError, match="being written by another shard job .pid"):
+            shard([str(src)], str(out), cfg)
+    assert not (out / "LATEST").exists()
+    res = shard([str(src / "v0.mp4")], str(out), cfg)  # free again
+    assert res.stats["samples"] >= 1
+    assert json.loads((out / res.version / "_stats.json").read_text())["sources"] == 1
