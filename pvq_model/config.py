@@ -215,6 +215,11 @@ class TrainConfig:
     zero_stage: int = 3
     reduce_bucket_gib: float = 5.0
     checkpoint_every: int = 5_000
+    keep_checkpoints: int = 3
+    """Checkpoints kept under ``RUN/checkpoints`` (the newest ones); older ones are deleted after
+    each save. 0 keeps every checkpoint."""
+    pin_checkpoints: list[int] = field(default_factory=list)
+    """Steps whose checkpoints are never pruned (e.g. ``[100000, 400000]``)."""
     data_path: str | None = None
     """Shard dataset (``pvq data shard`` output, local or s3://). ``None``: synthetic clips drawn
     per step with the same (bucket, frames) schedule (tests, benchmarks, demo without data)."""

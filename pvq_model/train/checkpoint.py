@@ -100,7 +100,36 @@ def _fsync_tree(*paths: Path) -> None:
             os.close(fd)
 
 
-def save(root: Path, step: int, engine_g, engine_d, ema, rank: int) -> str:
+def tags(root: Path) -> list[str]:
+    """Tags of the checkpoints under ``root`` (any part present), oldest first."""
+    found = {p.name for sub in ("g", "d", "rng") if (root / sub).is_dir() for p in (root / sub).iterdir()
+             if p.is_dir() and p.name.startswith("step")}
+    found |= {p.name.removesuffix(".safetensors") for p in (root / "ema").glob("step*.safetensors")} \
+        if (root / "ema").is_dir() else set()
+    return sorted(found)
+
+
+def prune(root: Path, keep: int, pinned: list[int] | tuple[int, ...] = ()) -> list[str]:
+    """Delete all but the ``keep`` newest checkpoints, never a pinned step's or the one ``LATEST``
+    names; returns the deleted tags. ``keep`` 0: delete nothing."""
+    if keep <= 0:
+        return []
+    import shutil
+
+    all_tags = tags(root)
+    protected = set(all_tags[-keep:]) | {tag_for(s) for s in pinned} | {latest(root)}
+    gone = [t for t in all_tags if t not in protected]
+    for t in gone:
+        for sub in ("g", "d", "rng"):
+            shutil.rmtree(root / sub / t, ignore_errors=True)
+        (root / "ema" / f"{t}.safetensors").unlink(missing_ok=True)
+    return gone
+
+
+def save(root: Path, step: int, engine_g, engine_d, ema, rank: int, keep: int = 0,
+         pinned: list[int] | tuple[int, ...] = ()) -> str:
+    """Write the checkpoint of ``step``, make it durable, point ``LATEST`` at it, then prune to the
+    ``keep`` newest plus the ``pinned`` steps (rank 0, after every rank has finished writing)."""
     tag = tag_for(step)
     engine_g.save_checkpoint(str(root / "g"), tag=tag, client_state={"step": step})
     engine_d.save_checkpoint(str(root / "d"), tag=tag, client_state={"step": step})
@@ -122,6 +151,7 @@ def save(root: Path, step: int, engine_g, engine_d, ema, rank: int) -> str:
             os.fsync(f.fileno())
         tmp.replace(root / "LATEST")
         _fsync_tree(root / "LATEST")
+        prune(root, keep, pinned)
     barrier()
     return tag
 

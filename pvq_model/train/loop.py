@@ -9,6 +9,7 @@ MASTER_ADDR/PORT from the environment.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import signal
@@ -154,8 +155,14 @@ def train(cfg: PVQConfig, out: Path, *, max_steps: int | None = None, resume: bo
         (out / "deepspeed_config.json").write_text(json.dumps(ds_cfg, indent=2))
         uri = t.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(out / 'mlflow.db').resolve()}"
         local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
+        # a resumed run continues its MLflow run (same store): one run per run directory, not one per resume
+        run_file = out / "mlflow_run.json"
+        store = hashlib.sha256(uri.encode()).hexdigest()[:16]
+        prev = json.loads(run_file.read_text()) if tag is not None and run_file.is_file() else {}
         logger = MLflowLogger(uri, t.mlflow_experiment, run_name=f"{cfg.name}-{out.name}",
-                              artifact_root=out / "mlartifacts" if local else None)
+                              artifact_root=out / "mlartifacts" if local else None,
+                              resume_run_id=prev.get("run_id") if prev.get("store") == store else None)
+        run_file.write_text(json.dumps({"run_id": logger.run_id, "store": store}))
         tags = {**git_state(), **data_tags(t.data_path, data_version or t.data_version),
                 "seed": str(t.seed), "world_size": str(world), "resumed_from": tag or "",
                 **{f"version.{k}": v for k, v in package_versions().items()}}
@@ -218,7 +225,8 @@ def train(cfg: PVQConfig, out: Path, *, max_steps: int | None = None, resume: bo
             bar.set_postfix(loss=f"{parts_sum['loss']:.4f}", bucket=batch["bucket"], frames=batch["frames"])
             stop_now = _agree(stop.requested)
             if (step + 1) % t.checkpoint_every == 0 or step + 1 == end or stop_now:
-                ckpt.save(ckpt_root, step + 1, engine_g, engine_d, ema, rank)
+                ckpt.save(ckpt_root, step + 1, engine_g, engine_d, ema, rank, keep=t.keep_checkpoints,
+                          pinned=t.pin_checkpoints)
             if stop_now:
                 status = "KILLED"
                 result.stopped = True

@@ -51,10 +51,14 @@ class MLflowLogger:
     fluent API's ``set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI``, which would send a second
     run in the same process to the first run's store)."""
 
-    def __init__(self, tracking_uri: str, experiment: str, run_name: str, artifact_root: Path | None = None):
+    def __init__(self, tracking_uri: str, experiment: str, run_name: str, artifact_root: Path | None = None,
+                 resume_run_id: str | None = None):
         """``artifact_root``: where a *new* experiment stores artifacts (for a local sqlite store;
-        without it MLflow would write ``./mlruns`` in the current directory)."""
+        without it MLflow would write ``./mlruns`` in the current directory). ``resume_run_id``: the
+        run of an earlier (killed or stopped) attempt of the same run directory; it is set back to
+        RUNNING and continued, so a resumed training is one MLflow run (a new run if it is gone)."""
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri)
@@ -65,7 +69,17 @@ class MLflowLogger:
             exp_id = self.client.create_experiment(experiment, artifact_location=location)
         else:
             exp_id = exp.experiment_id
-        self.run = self.client.create_run(exp_id, run_name=run_name)
+        self.resumed = False
+        if resume_run_id:
+            try:
+                old = self.client.get_run(resume_run_id)
+                if old.info.experiment_id == exp_id and old.info.lifecycle_stage == "active":
+                    self.client.update_run(resume_run_id, status="RUNNING")
+                    self.run, self.resumed = self.client.get_run(resume_run_id), True
+            except MlflowException:
+                pass
+        if not self.resumed:
+            self.run = self.client.create_run(exp_id, run_name=run_name)
 
     @property
     def run_id(self) -> str:
@@ -82,6 +96,11 @@ class MLflowLogger:
         config, ds_config = redact_tree(config), redact_tree(ds_config)
         tags = {k: redact(str(v)) for k, v in tags.items()}
         params = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in flatten(config).items()]
+        if self.resumed:  # params are immutable: keep the first attempt's, record what a resume changed as tags
+            have = self.run.data.params
+            tags = {**tags, **{f"resume_changed.{p.key}": p.value for p in params
+                               if p.key in have and have[p.key] != p.value}}
+            params = [p for p in params if p.key not in have]
         for i in range(0, len(params), 90):
             self.client.log_batch(self.run_id, params=params[i:i + 90])
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

@@ -111,3 +111,47 @@ def test_check_trusted_accepts_own_private_folder(tmp_path):
     (tmp_path / "g").chmod(0o777)
     with pytest.raises(ckpt.UntrustedCheckpointError, match="world-writable"):
         ckpt.check_trusted(tmp_path)
+
+
+def test_killed_run_resumes_its_mlflow_run_and_old_checkpoints_are_pruned(tmp_path):
+    """kill -9 mid-run leaves the MLflow run RUNNING; the resume continues that run (one run per
+    run directory) and ends it FINISHED. With keep_checkpoints=2 and step 1 pinned, only the two
+    newest checkpoints and the pinned one remain."""
+    import signal
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "run"
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONWARNINGS": "ignore::FutureWarning",
+           "OMP_NUM_THREADS": "1",
+           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    sets = ["train.steps=12", "train.checkpoint_every=1", "train.warmup_steps=1", "data.frames=[16]",
+            "train.keep_checkpoints=2", "train.pin_checkpoints=[1]"]
+    cmd = [sys.executable, "-m", "pvq_model.train", "--config", str(ROOT / "configs" / "debug.yaml"),
+           "--out", str(out), *(a for s in sets for a in ("--set", s))]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 400
+    while not (out / "checkpoints" / "LATEST").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert (out / "checkpoints" / "LATEST").exists()
+    killed_at = int((out / "checkpoints" / "LATEST").read_text().removeprefix("step"))
+    assert killed_at < 12, "the run finished before it could be killed"
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("pvq-vae")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "RUNNING"  # what a kill -9 leaves behind
+
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = client.search_runs([exp.experiment_id])
+    assert [x.info.run_id for x in runs] == [run.info.run_id]
+    assert runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["resumed_from"] == ckpt.tag_for(killed_at)
+    steps = {m.step for m in client.get_metric_history(run.info.run_id, "loss")}
+    assert steps == set(range(12))
+    assert ckpt.tags(out / "checkpoints") == [ckpt.tag_for(1), ckpt.tag_for(11), ckpt.tag_for(12)]
+    assert not (out / "checkpoints" / "ema" / f"{ckpt.tag_for(10)}.safetensors").exists()
