@@ -18,7 +18,7 @@ from .config import PVQConfig, config_from_dict
 from .decoder import Decoder
 from .encoder import Encoder
 from .quantizers import QuantizerOutput, build_quantizer
-from .tiling import TileSpec, tiled_apply
+from .tiling import TileSpec, tiled_apply, tiled_stream
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -122,23 +122,56 @@ class PVQVAE(nn.Module):
                        halo=(inf.decode_halo_frames // ft, inf.decode_halo // fh, inf.decode_halo // fw))
         return enc, dec
 
+    def grid_size(self, size: tuple[int, int, int]) -> tuple[int, int, int]:
+        """(T, H, W) of a clip padded to the latent grid by :func:`pad_to_grid`."""
+        return tuple(n + (-n) % f for n, f in zip(size, self.factor))
+
+    @torch.no_grad()
+    def encode_stream(self, read, size: tuple[int, int, int], progress=None) -> Tensor:
+        """:meth:`encode_tiled` of a clip that is read window by window: ``read(t0, t1, h0, h1, w0, w1)``
+        returns (1, C, t1-t0, h1-h0, w1-w0) of the clip padded as :func:`pad_to_grid` pads it, whose
+        padded size is ``size`` (:meth:`grid_size`), with non-decreasing t0, t1. Returns the latent
+        (1, D, T/ft, H/fh, W/fw); it is small (1080p x 96 frames: 0.8 MB)."""
+        enc, _ = self._specs()
+        inv = tuple(1 / f for f in self.factor)
+        parts: list[Tensor] = []
+        tiled_stream(lambda c: self.encoder(c).latent, read, size, enc, inv, lambda t, y: parts.append(y),
+                     progress, next(self.parameters()).device)
+        return torch.cat(parts, 2)
+
     @torch.no_grad()
     def encode_tiled(self, x: Tensor, progress=None) -> Tensor:
         """Like :meth:`encode` with bounded memory: spatial tiles and temporal chunks of the clip."""
         x, _ = pad_to_grid(x, self.factor)
-        enc, _ = self._specs()
-        inv = tuple(1 / f for f in self.factor)
-        return tiled_apply(lambda c: self.encoder(c).latent, x, enc, inv, progress)
+        return self.encode_stream(lambda t0, t1, h0, h1, w0, w1: x[:, :, t0:t1, h0:h1, w0:w1],
+                                  tuple(x.shape[2:]), progress)
+
+    @torch.no_grad()
+    def decode_stream(self, zq: Tensor, emit, size: tuple[int, int, int] | None = None, progress=None) -> None:
+        """Decode ``zq`` (1, D, t, h, w) chunk by chunk: ``emit(t0, frames)`` receives the output frames
+        [t0, t0 + n) in order, ``frames`` (1, C, n, H, W) cropped to ``size`` (T, H, W); frames past
+        ``size[0]`` (the zero frames padded to the grid) are not emitted. Only one temporal chunk of
+        output exists at a time."""
+        _, dec = self._specs()
+        t_max = None if size is None else size[0]
+
+        def crop(t0: int, y: Tensor) -> None:
+            if size is not None:
+                if t0 >= t_max:
+                    return
+                y = y[:, :, : t_max - t0, : size[1], : size[2]]
+            emit(t0, y)
+
+        tiled_stream(self.decoder, lambda t0, t1, h0, h1, w0, w1: zq[:, :, t0:t1, h0:h1, w0:w1],
+                     tuple(zq.shape[2:]), dec, self.factor, crop, progress, zq.device)
 
     @torch.no_grad()
     def decode_tiled(self, zq: Tensor, size: tuple[int, int, int] | None = None, progress=None) -> Tensor:
         """Like :meth:`decode` with bounded memory; equal to it when the decode halo covers the
         decoder's receptive field (the default does)."""
-        _, dec = self._specs()
-        x = tiled_apply(self.decoder, zq, dec, self.factor, progress)
-        if size is not None:
-            x = x[:, :, : size[0], : size[1], : size[2]]
-        return x
+        parts: list[Tensor] = []
+        self.decode_stream(zq, lambda t, y: parts.append(y), size, progress)
+        return torch.cat(parts, 2)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, tiled: bool = True, progress=None) -> tuple[Tensor, QuantizerOutput]:
