@@ -75,7 +75,12 @@ class VideoFileSource:
         kwargs = {"format": "rawvideo", "pix_fmt": "rgb24"}
         if self.max_frames:
             kwargs["frames:v"] = self.max_frames
-        proc = (ffmpeg.input(self.path).output("pipe:", **kwargs).global_args("-loglevel", "error", "-nostdin")
+        from data_prep.probe import FORMAT_WHITELIST, PROTOCOL_WHITELIST, ffmpeg_url
+
+        # local file only, accepted containers only, never parsed as an option (issue 13)
+        src = ffmpeg.input(ffmpeg_url(str(self.path)), protocol_whitelist=PROTOCOL_WHITELIST,
+                           format_whitelist=FORMAT_WHITELIST)
+        proc = (src.output("pipe:", **kwargs).global_args("-loglevel", "error", "-nostdin")
                 .run_async(pipe_stdout=True, pipe_stderr=True))
         frame_bytes = self.width * self.height * 3
         got = 0
@@ -317,11 +322,13 @@ class VideoWriter:
 
         from pathlib import Path
 
+        from data_prep.probe import ffmpeg_url
+
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.proc = (
             ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", framerate=fps)
-            .output(str(self.path), vcodec="libx264", pix_fmt="yuv420p", crf=crf, preset="medium",
+            .output(ffmpeg_url(str(self.path)), vcodec="libx264", pix_fmt="yuv420p", crf=crf, preset="medium",
                     vf="pad=ceil(iw/2)*2:ceil(ih/2)*2")
             .overwrite_output()
             .global_args("-loglevel", "error")
@@ -370,14 +377,15 @@ class StreamResult:
 
 
 def chunk_borders(model, frames: int) -> list[int]:
-    """Output frames where a temporal decode chunk's window begins or ends inside the clip (the
-    places a seam could show); empty when the clip is decoded whole in time."""
+    """Output frames where a temporal decode chunk's window begins or ends inside a clip of
+    ``frames`` frames decoded by ``model`` (a :class:`pvq_model.vae.PVQVAE`, or its config): where a
+    seam could show. Empty when the clip is decoded whole in time."""
     from .tiling import axis_plan
 
-    _, dec = model._specs()
-    ft = model.factor[0]
+    cfg = getattr(model, "cfg", model)
+    inf, ft = cfg.inference, cfg.model.compression[0]
     n = -(-frames // ft)
-    tiles, _ = axis_plan(n, dec.tile[0], dec.overlap[0], dec.halo[0], ft)
+    tiles, _ = axis_plan(n, inf.chunk_frames // ft, inf.chunk_overlap // ft, inf.decode_halo_frames // ft, ft)
     borders = set()
     for a in tiles:
         for b in (a.out, a.out + (a.crop.stop - a.crop.start)):
@@ -386,32 +394,50 @@ def chunk_borders(model, frames: int) -> list[int]:
     return sorted(borders)
 
 
+def seam_dip(psnr_frames: list[float], borders: list[int], period: int | None = None) -> float | None:
+    """Mean PSNR of the frames away from chunk borders minus that of the frames beside one (b - 1 and
+    b for each border b), in dB: positive is a dip at the borders. With ``period`` (the latent's
+    frames per position, ft), interior frames are only those at the same phase (index mod ``period``)
+    as some border frame, so the latent's own periodic pattern does not count as a seam."""
+    at = {f for b in borders for f in (b - 1, b) if 0 <= f < len(psnr_frames)}
+    if not at:
+        return None
+    phases = {f % period for f in at} if period else None
+    inner = [v for i, v in enumerate(psnr_frames) if i not in at and (phases is None or i % period in phases)]
+    if not inner:
+        return None
+    return float(np.mean(inner) - np.mean([psnr_frames[f] for f in sorted(at)]))
+
+
 @torch.no_grad()
 def reconstruct_stream(model, source, *, out=None, lpips=None, metrics: bool = True, baselines: bool = False,
                        on_frames: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
-                       progress=None) -> StreamResult:
+                       measure_frames: int | None = None, progress=None) -> StreamResult:
     """Reconstruct ``source`` (:class:`VideoFileSource` / :class:`TensorSource`) in bounded memory (see
     the module docstring). ``out``: write the reconstruction to this mp4; ``metrics``: per-frame PSNR /
     SSIM (/ LPIPS with ``lpips``) against the original; ``baselines``: also the mean-colour and pooled
-    baselines; ``on_frames(t0, original_u8, recon_u8)``: each finished chunk, (n, H, W, 3) uint8."""
+    baselines; ``on_frames(t0, original_u8, recon_u8)``: each finished chunk, (n, H, W, 3) uint8;
+    ``measure_frames``: only the first this many frames are real (a shard clip's padding follows):
+    metrics and baselines cover them alone, as ``clip_metrics`` with a mask does."""
     for _ in range(2):  # a second time only when ffprobe's frame count was wrong
         try:
-            return _reconstruct(model, source, out, lpips, metrics, baselines, on_frames, progress)
+            return _reconstruct(model, source, out, lpips, metrics, baselines, on_frames, measure_frames, progress)
         except FrameCountChanged as e:
             source.frames = e.frames
     raise RuntimeError(f"{getattr(source, 'path', source)}: frame count changed between two decodes")
 
 
-def _reconstruct(model, source, out, lpips, metrics, baselines, on_frames, progress) -> StreamResult:
+def _reconstruct(model, source, out, lpips, metrics, baselines, on_frames, measure_frames, progress) -> StreamResult:
     from .video_io import MediaError
 
     size = source.size
     if size[0] <= 0:
         raise MediaError(f"{getattr(source, 'path', 'clip')}: video has 0 decodable frames")
     device = next(model.parameters()).device
-    base = Baselines(size, model.factor) if baselines else None
+    real = size[0] if measure_frames is None else min(measure_frames, size[0])
+    base = Baselines((real, *size[1:]), model.factor) if baselines else None
     observe = None if base is None else (
-        lambda t0, raw: [base.observe(source.to_float(raw[i:i + 1])) for i in range(raw.shape[0])])
+        lambda t0, raw: [base.observe(source.to_float(raw[i:i + 1])) for i in range(raw.shape[0]) if t0 + i < real])
     t_start = time.perf_counter()
     buf = FrameBuffer(source, model.grid_size(size), on_chunk=observe)
     z = model.encode_stream(lambda *w: buf.read(*w).to(device), model.grid_size(size), progress)
@@ -447,7 +473,7 @@ def _reconstruct(model, source, out, lpips, metrics, baselines, on_frames, progr
         if originals is None:
             return
         raw = take(y.shape[2])
-        for i in range(y.shape[2]):  # frame by frame: a float 4K frame is 100 MB
+        for i in range(min(y.shape[2], real - t0)):  # frame by frame: a float 4K frame is 100 MB
             x = source.to_float(raw[i:i + 1]).to(y.device)
             if fm is not None:
                 fm.add(x, y[:, :, i:i + 1])
