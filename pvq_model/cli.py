@@ -25,7 +25,12 @@ def _load_model(config: Path | None, checkpoint: Path | None, overrides: list[st
     from .vae import PVQVAE
 
     if checkpoint is not None:
-        return PVQVAE.from_pretrained(checkpoint)
+        model = PVQVAE.from_pretrained(checkpoint)
+        if overrides:  # e.g. inference.* tile sizes: the export's config with the overrides, its weights
+            tuned = PVQVAE(load_config(Path(checkpoint) / "config.yaml", overrides))
+            tuned.load_state_dict(model.state_dict())
+            model = tuned.eval()
+        return model
     cfg = load_config(config or DEFAULT_CONFIG, overrides)
     torch.manual_seed(cfg.train.seed)
     console.print(f"[yellow]no --checkpoint: using randomly initialised weights of {config or DEFAULT_CONFIG}[/]")
@@ -51,22 +56,35 @@ def _lpips(backbone: str | None, linear: str | None):
 
 
 def reconstruct_file(model, src: Path, dst: Path, max_frames: int | None, tiled: bool):
-    """Reconstruct one video/image file to ``dst`` (mp4); returns (row for the table, metrics)."""
+    """Reconstruct one video/image file to ``dst`` (mp4); returns (row for the table, metrics).
+
+    Tiled (the default), the clip streams (pvq_model.stream): decoded from ffmpeg in chunks, encoded
+    and decoded in tiles and chunks, written and measured as chunks finish, in memory that does not
+    grow with its length. Untiled, the whole clip is one tensor (small clips only)."""
     import torch
 
-    from .metrics import clip_metrics
+    from .metrics import ClipMetrics, clip_metrics
+    from .stream import VideoFileSource, reconstruct_stream
     from .video_io import read_video, to_tensor, to_uint8, write_video
 
-    frames, fps = read_video(src, max_frames)
-    x = to_tensor(frames)
+    lpips = _lpips(model.cfg.lpips.backbone_weights, model.cfg.lpips.linear_weights)
     start = time.perf_counter()
-    with torch.no_grad():
-        recon, _ = model.reconstruct(x, tiled=tiled)
-    seconds = time.perf_counter() - start
-    write_video(dst, to_uint8(recon), fps=fps)
-    m = clip_metrics(x, recon, lpips=_lpips(model.cfg.lpips.backbone_weights, model.cfg.lpips.linear_weights))
+    if tiled:
+        res = reconstruct_stream(model, VideoFileSource(src, max_frames), out=dst, lpips=lpips)
+        r = res.metrics
+        m = ClipMetrics([r["psnr"]], [r["ssim"]], None if r["lpips"] is None else [r["lpips"]], [r["psnr_frames"]])
+        (frames, h, w), seconds = res.size, time.perf_counter() - start
+    else:
+        frames_u8, fps = read_video(src, max_frames)
+        x = to_tensor(frames_u8)
+        with torch.no_grad():
+            recon, _ = model.reconstruct(x, tiled=False)
+        seconds = time.perf_counter() - start
+        write_video(dst, to_uint8(recon), fps=fps)
+        m = clip_metrics(x, recon, lpips=lpips)
+        frames, h, w = x.shape[2:]
     lp = f"{m.lpips[0]:.4f}" if m.lpips is not None else "absent"
-    row = (src.name, x.shape[2], f"{x.shape[4]}x{x.shape[3]}", f"{m.psnr[0]:.2f}", f"{m.ssim[0]:.4f}", lp, f"{seconds:.1f}")
+    row = (src.name, frames, f"{w}x{h}", f"{m.psnr[0]:.2f}", f"{m.ssim[0]:.4f}", lp, f"{seconds:.1f}")
     return row, m
 
 

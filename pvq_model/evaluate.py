@@ -1,6 +1,8 @@
 """Evaluation of a trained model on the validation shards or on a folder of videos/images.
 
-``evaluate(model, data, out)`` reconstructs every clip once (tiled inference at native size),
+``evaluate(model, data, out)`` reconstructs every clip once (tiled inference at native size, streamed
+by :mod:`pvq_model.stream`: a folder's files are decoded from ffmpeg chunk by chunk and no clip or
+reconstruction is ever held whole in float),
 computes PSNR / SSIM / LPIPS per clip and per frame (``pvq_model.metrics``), and aggregates them
 
 * separately for images (1-frame clips; the paper's COCO-Val column) and videos (WebVid-Val),
@@ -137,14 +139,33 @@ class Clip:
     """"image" (one frame) or "video"."""
     bucket: str
     """"WxH" of the clip."""
-    video: torch.Tensor
-    """(1, C, T, H, W) in [-1, 1]; frames after the last real one are zero."""
+    data: torch.Tensor | None
+    """(1, C, T, H, W) in [-1, 1]; frames after the last real one are zero. ``None`` for a file that
+    is streamed (:attr:`source`) rather than held in memory."""
     mask: torch.Tensor
     """(1, T) bool, True on real frames."""
+    source: object = None
+    """For a folder clip: the :class:`pvq_model.stream.VideoFileSource` it streams from."""
 
     @property
     def frames(self) -> int:
         return int(self.mask.sum())
+
+    @property
+    def video(self) -> torch.Tensor:
+        """The clip as one tensor (decoded on demand for a streamed file: small clips only)."""
+        if self.data is not None:
+            return self.data
+        from .video_io import read_video, to_tensor
+
+        frames, _ = read_video(self.source.path, self.source.max_frames)
+        return to_tensor(frames)
+
+    def stream_source(self):
+        """What :func:`pvq_model.stream.reconstruct_stream` reads: the file, or the tensor."""
+        from .stream import TensorSource
+
+        return self.source if self.source is not None else TensorSource(self.data)
 
 
 def is_shard_dataset(data: str) -> bool:
@@ -183,8 +204,9 @@ def iter_shard_clips(dataset: str, split: str = "val", version: str | None = Non
 
 
 def iter_folder_clips(folder: str | Path, max_frames: int | None = None, limit: int | None = None) -> Iterator[Clip]:
-    """Every video/image file under ``folder`` (sorted paths), at native size."""
-    from .video_io import read_video, to_tensor
+    """Every video/image file under ``folder`` (sorted paths), at native size, streamed from the file
+    (``Clip.source``; only the probe runs here)."""
+    from .stream import VideoFileSource
 
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_EXT | IMAGE_EXT)
@@ -194,11 +216,10 @@ def iter_folder_clips(folder: str | Path, max_frames: int | None = None, limit: 
     for n, p in enumerate(files):
         if limit is not None and n >= limit:
             return
-        frames, _ = read_video(p, 1 if p.suffix.lower() in IMAGE_EXT else max_frames)
-        x = to_tensor(frames)
-        kind = "image" if x.shape[2] == 1 else "video"
-        yield Clip(str(p.relative_to(folder)), kind, f"{x.shape[4]}x{x.shape[3]}", x,
-                   torch.ones(1, x.shape[2], dtype=torch.bool))
+        src = VideoFileSource(p, 1 if p.suffix.lower() in IMAGE_EXT else max_frames)
+        kind = "image" if src.frames == 1 else "video"
+        yield Clip(str(p.relative_to(folder)), kind, f"{src.width}x{src.height}", None,
+                   torch.ones(1, src.frames, dtype=torch.bool), source=src)
 
 
 def iter_clips(data: str | Path, split: str = "val", version: str | None = None, max_frames: int | None = None,
@@ -324,27 +345,32 @@ def evaluate_model(model: PVQVAE, clips: Iterator[Clip], *, tiled: bool = True, 
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     for clip in clips:
-        x, mask = clip.video.to(device), clip.mask.to(device)  # (1, C, T, H, W), (1, T)
-        size = tuple(x.shape[2:])
-        t0 = time.perf_counter()
-        if tiled:
-            z = model.encode_tiled(x)
-            quant = model.quantizer(z)
-            t1 = time.perf_counter()
-            recon = model.decode_tiled(quant.quantized, size)
+        if tiled:  # streamed: the clip is never whole in float, the output never whole at all
+            from .stream import reconstruct_stream
+
+            res = reconstruct_stream(model, clip.stream_source(), lpips=lpips, baselines=True,
+                                     measure_frames=clip.frames)
+            m, quant, length = res.metrics, res.quant, res.size[0]
+            enc, dec = res.encode_s, res.decode_s
+            base = res.baselines
         else:
+            x, mask = clip.video.to(device), clip.mask.to(device)  # (1, C, T, H, W), (1, T)
+            size = tuple(x.shape[2:])
+            t0 = time.perf_counter()
             z = model.encode(x)
             quant = model.quantizer(z)
             t1 = time.perf_counter()
             recon = model.decode(quant.quantized.to(z.dtype), size)
-        t2 = time.perf_counter()
-        enc_s, dec_s = enc_s + (t1 - t0), dec_s + (t2 - t1)
+            enc, dec = t1 - t0, time.perf_counter() - t1
+            cm = clip_metrics(x, recon, mask, lpips)
+            m = {"psnr": cm.psnr[0], "ssim": cm.ssim[0], "lpips": cm.lpips[0] if cm.lpips is not None else None,
+                 "psnr_frames": cm.psnr_frames[0]}
+            length, base = int(x.shape[2]), baseline_metrics(x, mask, model.factor)
+        enc_s, dec_s = enc_s + enc, dec_s + dec
         counter.add(quant.indices)
-        m = clip_metrics(x, recon, mask, lpips)
         rows.append({"key": clip.key, "kind": clip.kind, "bucket": clip.bucket, "frames": clip.frames,
-                     "length": int(x.shape[2]), "psnr": m.psnr[0], "ssim": m.ssim[0],
-                     "lpips": m.lpips[0] if m.lpips is not None else None, "psnr_frames": m.psnr_frames[0],
-                     "encode_s": t1 - t0, "decode_s": t2 - t1, **baseline_metrics(x, mask, model.factor)})
+                     "length": length, "psnr": m["psnr"], "ssim": m["ssim"], "lpips": m["lpips"],
+                     "psnr_frames": m["psnr_frames"], "encode_s": enc, "decode_s": dec, **base})
     if not rows:
         raise EvaluationError("no clips to evaluate")
     summary = {

@@ -162,24 +162,57 @@ def _save_png(array: np.ndarray, path: Path) -> Path:
     return path
 
 
-def plot_psnr_frames(rows: list[dict], path: Path) -> Path | None:
+def plot_psnr_frames(rows: list[dict], path: Path, cfg=None) -> Path | None:
+    """Per-frame PSNR of every video clip; with the evaluated model's config ``cfg`` (tiled
+    evaluation), the temporal chunk borders as dashed lines and the mean dip at them in the title
+    (:func:`pvq_model.stream.seam_dip`)."""
+    from .stream import chunk_borders, seam_dip
+
     plt = _plt()
     vids = [r for r in rows if r["kind"] == "video" and r.get("psnr_frames")]
     if not vids:
         return None
     fig, ax = plt.subplots(figsize=(9, 3.6))
+    dips, drawn = [], set()
     for r in vids:
         vals = [v for v in r["psnr_frames"][: r["frames"]] if v is not None]
         ax.plot(range(len(vals)), vals, marker=".", label=r["key"][:40])
+        if cfg is not None:
+            borders = chunk_borders(cfg, len(vals))
+            for b in borders:
+                if b not in drawn:
+                    ax.axvline(b - 0.5, color="grey", ls="--", lw=0.8)
+                    drawn.add(b)
+            d = seam_dip(vals, borders)
+            if d is not None:
+                dips.append(d)
     ax.set_xlabel("frame")
     ax.set_ylabel("PSNR (dB)")
-    ax.set_title("per-frame PSNR of the video clips")
+    title = "per-frame PSNR of the video clips"
+    if dips:
+        title += f" (dashed: chunk borders; mean dip at them {np.mean(dips):+.3f} dB)"
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _eval_config(summary: dict):
+    """The evaluated model's config when it was a tiled evaluation of a local PVQ-VAE, else None."""
+    cfg_file = Path(summary.get("model_dir") or "") / "config.yaml"
+    if summary.get("method_info") or not summary.get("tiled", True) or not cfg_file.is_file():
+        return None
+    import yaml
+
+    from .config import ConfigError, config_from_dict
+
+    try:
+        return config_from_dict(yaml.safe_load(cfg_file.read_text()))
+    except ConfigError:
+        return None
 
 
 def plot_training(runs: dict[str, Path], path: Path, keys: tuple[str, ...] = TRAIN_KEYS) -> Path | None:
@@ -271,16 +304,19 @@ def reconstruct_clips(summary: dict, keys: list[str], out: Path, frames: int, er
             if clip.key not in wanted:
                 continue
             n = len(entries)
-            recon, quant = run(clip.video)
             real = clip.frames
-            orig_u8, rec_u8 = to_uint8(clip.video)[:real], to_uint8(recon.float())[:real]
-            grid = frame_grid(orig_u8, rec_u8, frames, error_gain)
-            e = {"key": clip.key, "kind": clip.kind, "bucket": clip.bucket, "frames": real,
-                 "grid": _save_png(grid, out / "clips" / f"{n:02d}_frames.png").relative_to(out).as_posix(),
-                 "grid_shape": list(grid.shape), "video": None}
-            if clip.kind == "video":
-                side = np.concatenate([orig_u8, rec_u8], axis=2)
-                e["video"] = write_video(out / "clips" / f"{n:02d}.mp4", side, fps=fps).relative_to(out).as_posix()
+            e = {"key": clip.key, "kind": clip.kind, "bucket": clip.bucket, "frames": real, "video": None}
+            if summary.get("method_info") or not summary.get("tiled", True):
+                recon, quant = run(clip.video)
+                orig_u8, rec_u8 = to_uint8(clip.video)[:real], to_uint8(recon.float())[:real]
+                grid = frame_grid(orig_u8, rec_u8, frames, error_gain)
+                if clip.kind == "video":
+                    side = np.concatenate([orig_u8, rec_u8], axis=2)
+                    e["video"] = write_video(out / "clips" / f"{n:02d}.mp4", side, fps=fps).relative_to(out).as_posix()
+            else:  # the streaming path of pvq eval: frames are written and picked as chunks finish
+                grid, quant, e["video"] = _stream_clip(model, clip, out, n, frames, error_gain, fps)
+            e["grid"] = _save_png(grid, out / "clips" / f"{n:02d}_frames.png").relative_to(out).as_posix()
+            e["grid_shape"] = list(grid.shape)
             entries.append(e)
             levels = [] if quant is None else (
                 quant.indices if isinstance(quant.indices, (list, tuple)) else [quant.indices])
@@ -294,6 +330,41 @@ def reconstruct_clips(summary: dict, keys: list[str], out: Path, frames: int, er
             if len(entries) == len(wanted):
                 break
     return entries, counts
+
+
+def _stream_clip(model, clip, out: Path, n: int, frames: int, error_gain: float, fps: float):
+    """Reconstruct ``clip`` with :func:`pvq_model.stream.reconstruct_stream`: the side-by-side mp4 is
+    written chunk by chunk and only the grid's frames are kept. Returns (grid, quant, mp4 path)."""
+    from .stream import VideoWriter, reconstruct_stream
+
+    real = clip.frames
+    pick = set(np.unique(np.linspace(0, real - 1, min(frames, real)).round().astype(int)).tolist())
+    kept_o, kept_r = [], []
+    path = out / "clips" / f"{n:02d}.mp4"
+    writer = None
+    if clip.kind == "video":
+        h, w = (int(v) for v in reversed(clip.bucket.split("x")))
+        writer = VideoWriter(path, 2 * w, h, fps)
+
+    def on_frames(t0: int, orig: np.ndarray, rec: np.ndarray) -> None:
+        k = min(orig.shape[0], real - t0)
+        if k <= 0:
+            return
+        if writer is not None:
+            writer.write(np.concatenate([orig[:k], rec[:k]], axis=2))
+        for i in range(k):
+            if t0 + i in pick:
+                kept_o.append(orig[i])
+                kept_r.append(rec[i])
+
+    try:
+        res = reconstruct_stream(model, clip.stream_source(), metrics=False, on_frames=on_frames,
+                                 measure_frames=real)
+    finally:
+        if writer is not None:
+            writer.close()
+    grid = frame_grid(np.stack(kept_o), np.stack(kept_r), frames, error_gain)
+    return grid, res.quant, (path.relative_to(out).as_posix() if writer is not None else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,7 +408,7 @@ def build_report(eval_dirs: str | Path | list[str | Path], out_dir: str | Path,
     keys = [r["key"] for r in rows][:clips]
     entries, counts = reconstruct_clips(summary, keys, out, frames, error_gain) if keys else ([], [])
     figures = {}
-    if plot_psnr_frames(rows, out / "psnr_frames.png"):
+    if plot_psnr_frames(rows, out / "psnr_frames.png", _eval_config(summary)):
         figures["psnr_frames"] = "psnr_frames.png"
     runs = {} if run_dir is None else (
         {str(k): Path(v) for k, v in run_dir.items()} if isinstance(run_dir, dict) else {Path(run_dir).name: Path(run_dir)})

@@ -10,7 +10,7 @@ import torch
 from pvq_model import naive
 from pvq_model.config import load_config
 from pvq_model.metrics import clip_metrics
-from pvq_model.stream import (READ_CHUNK, Baselines, TensorSource, VideoFileSource, chunk_borders,
+from pvq_model.stream import (READ_CHUNK, Baselines, TensorSource, VideoFileSource, chunk_borders, seam_dip,
                               reconstruct_stream)
 from pvq_model.tiling import TileSpec, tiled_apply, tiled_stream, window_frames
 from pvq_model.vae import PVQVAE
@@ -133,3 +133,13 @@ def test_chunk_borders(configs):
     assert chunk_borders(model, 37) == [16, 32]
     whole = model_for(configs, "inference.decode_halo_frames=96")
     assert chunk_borders(whole, 37) == []
+
+
+def test_seam_dip():
+    psnr = [30.0] * 48
+    psnr[15] = psnr[16] = 29.0  # a 1 dB dip at the border 16
+    assert seam_dip(psnr, [16]) == pytest.approx(1.0)
+    assert seam_dip(psnr, []) is None
+    periodic = [30.0 - (i % 16 in (0, 15)) for i in range(48)]  # the latent's own 16-frame pattern
+    assert seam_dip(periodic, [16]) > 0.9
+    assert seam_dip(periodic, [16], period=16) == pytest.approx(0.0)
