@@ -55,10 +55,29 @@ def output_lock(out: str) -> Iterator[None]:
     """One writer per local ``--out``: an exclusive ``flock`` on ``OUT/.lock`` for the whole job.
 
     A second job on the same output exits at once with a message naming the holder (the lock goes
-    with the process, also on ``kill -9``). S3 outputs are not locked: run one job per prefix.
+    with the process, also on ``kill -9``). On S3 the lock is the object ``OUT/.lock`` created with
+    a conditional put (``If-None-Match: *``) and deleted at the end; a job killed with -9 leaves it,
+    and the message says to delete it once no job is running.
     """
+    holder = f"pid {os.getpid()} on {os.uname().nodename}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
     if storage.is_remote(out):
-        yield
+        uri = storage.join(out, ".lock")
+        fs, p = storage.fs_of(uri)
+        try:
+            fs.pipe_file(p, holder.encode(), mode="create")
+        except (FileExistsError, OSError) as e:
+            if not isinstance(e, FileExistsError) and "precondition" not in str(e).lower():
+                raise storage._wrap(uri, e) from None  # credentials, endpoint, bucket: named with the fix
+            try:
+                other = storage.read_text(uri).strip()
+            except (OSError, storage.StorageError):
+                other = "unknown"
+            raise ShardJobError(f"{out} is being written by another shard job ({other}), or one that was "
+                                f"killed; wait for it to finish, or delete {uri} once no job is running") from None
+        try:
+            yield
+        finally:
+            fs.rm_file(p)
         return
     root = storage.strip_file(out)
     os.makedirs(root, exist_ok=True)
@@ -72,8 +91,7 @@ def output_lock(out: str) -> Iterator[None]:
             raise ShardJobError(f"{out} is being written by another shard job ({holder}); wait for it to "
                                 f"finish, or choose another --out") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-                      .encode(), 0)
+        os.pwrite(fd, holder.encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -131,8 +131,9 @@ def dirname(uri: str) -> str:
 def _wrap(uri: str, e: Exception) -> StorageError:
     hint = ""
     text = str(e)
-    if uri.startswith("s3://") and any(w in text for w in ("credentials", "Credentials", "AccessDenied",
-                                                           "InvalidAccessKeyId", "Forbidden", "403")):
+    if uri.startswith("s3://") and (isinstance(e, PermissionError) or any(
+            w in text for w in ("credentials", "Credentials", "AccessDenied", "InvalidAccessKeyId", "Forbidden",
+                                "403", "SignatureDoesNotMatch", "signature"))):
         hint = " (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_ENDPOINT_URL)"
     return StorageError(f"{uri}: {type(e).__name__}: {text}{hint}")
 

@@ -256,3 +256,19 @@ def test_a_second_job_on_the_same_output_exits_with_a_message(nested, tmp_path):
     res = shard([str(src / "v0.mp4")], str(out), cfg)  # free again
     assert res.stats["samples"] >= 1
     assert json.loads((out / res.version / "_stats.json").read_text())["sources"] == 1
+
+
+def test_s3_output_lock_is_a_conditional_put(s3_server):
+    import boto3
+
+    from data_prep import storage
+
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="locks")
+    with output_lock("s3://locks/ds"):
+        assert "pid" in storage.read_text("s3://locks/ds/.lock")
+        with pytest.raises(ShardJobError, match="being written by another shard job .pid .*delete s3://locks/ds/.lock"):
+            with output_lock("s3://locks/ds"):
+                pass
+    assert not storage.exists("s3://locks/ds/.lock")
+    with output_lock("s3://locks/ds"):  # free again
+        pass
