@@ -143,3 +143,23 @@ def test_seam_dip():
     periodic = [30.0 - (i % 16 in (0, 15)) for i in range(48)]  # the latent's own 16-frame pattern
     assert seam_dip(periodic, [16]) > 0.9
     assert seam_dip(periodic, [16], period=16) == pytest.approx(0.0)
+
+
+def test_streamed_evaluation_of_a_padded_shard_clip_equals_in_memory(configs):
+    """A shard clip's padding frames are encoded (as in memory) but not measured; the baselines too."""
+    from pvq_model.evaluate import Clip, baseline_metrics, evaluate_model
+
+    model = model_for(configs)
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(1, 3, 32, 64, 64, generator=g) * 2 - 1
+    x[:, :, 21:] = 0  # 21 real frames, then the loader's zero padding
+    mask = torch.zeros(1, 32, dtype=torch.bool)
+    mask[:, :21] = True
+    rows, _ = evaluate_model(model, iter([Clip("k", "video", "64x64", x, mask)]), tiled=True)
+    recon, _ = model.reconstruct(x, tiled=True)
+    want = clip_metrics(x, recon, mask)
+    assert rows[0]["frames"] == 21 and rows[0]["length"] == 32
+    np.testing.assert_allclose(rows[0]["psnr_frames"], want.psnr_frames[0], rtol=1e-5)
+    assert rows[0]["ssim"] == pytest.approx(want.ssim[0], rel=1e-5)
+    for k, v in baseline_metrics(x, mask, model.factor).items():
+        assert rows[0][k] == pytest.approx(v, rel=1e-4), k
