@@ -60,6 +60,9 @@ default_permission = NO_PERMISSIONS
 database_uri = sqlite:///$MLDIR/auth.db
 admin_username = pvq
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+# without the cache every request re-runs PBKDF2 on the password (seconds per request on a busy
+# 2-core machine); one worker, so no other process can hold a stale entry
+auth_cache_ttl_seconds = 60
 INI
 umask 022
 export PREFECT_API_AUTH_STRING="pvq:$SECRET"

@@ -72,7 +72,8 @@ def check_trusted(root: Path) -> None:
                 f"directory you wrote (chown it if it is yours), or start a new --out")
         if st.st_mode & stat.S_IWOTH:
             raise UntrustedCheckpointError(
-                f"{p}: world-writable (mode {stat.filemode(st.st_mode)}); checkpoints are loaded with torch.load(weights_only=False), "
+                f"{p}: world-writable (mode {stat.filemode(st.st_mode)}); checkpoints are loaded with "
+                f"torch.load(weights_only=False), "
                 f"which runs code from the file. Fix it with `chmod -R o-w {root}` if nobody else wrote it, "
                 f"or start a new --out")
 

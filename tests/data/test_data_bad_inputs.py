@@ -45,7 +45,8 @@ def _png_bomb(path: Path, side: int = 30000) -> Path:
         parts.append(comp.compress(row))
     parts.append(comp.flush())
     ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+    path.write_bytes(png)
     return path
 
 
