@@ -14,7 +14,8 @@
 # (mode 0600). CORS is restricted to each server's own origin; MLflow also checks the Host header.
 #
 # Environment (all optional): PREFECT_PORT, MLFLOW_PORT, PREFECT_HOME, PVQ_SERVICES_DIR,
-# PVQ_MLFLOW_DIR, PVQ_WORK_DIR (flow outputs, default .cache/work), PVQ_PYTHON_BIN (default .venv/bin).
+# PVQ_MLFLOW_DIR, PVQ_WORK_DIR (flow outputs, default .cache/work), PVQ_PYTHON_BIN (default .venv/bin),
+# PVQ_SERVICES_WAIT_S (seconds to wait for each server's health check, default 120).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BIN=${PVQ_PYTHON_BIN:-$ROOT/.venv/bin}
@@ -108,8 +109,8 @@ MLFLOW_FLASK_SERVER_SECRET_KEY="$("$BIN/python" -c 'import secrets; print(secret
   --app-name basic-auth --allowed-hosts "127.0.0.1:$MLFLOW_PORT,localhost:$MLFLOW_PORT" \
   --cors-allowed-origins "http://127.0.0.1:$MLFLOW_PORT" \
   --backend-store-uri "sqlite:///$MLDIR/mlflow.db" --artifacts-destination "$MLDIR/artifacts"
-wait_http prefect-server "$PREFECT_API_URL/health" 120
-wait_http mlflow-server "$MLFLOW_TRACKING_URI/health" 120
+wait_http prefect-server "$PREFECT_API_URL/health" "${PVQ_SERVICES_WAIT_S:-120}"
+wait_http mlflow-server "$MLFLOW_TRACKING_URI/health" "${PVQ_SERVICES_WAIT_S:-120}"
 
 cd "$ROOT"
 "$BIN/prefect" --no-prompt work-pool create pvq-process --type process --overwrite >"$STATE/logs/deploy.log" 2>&1
