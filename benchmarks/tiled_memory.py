@@ -13,7 +13,7 @@ against the issue's bars:
 Every case runs with the bounded-memory settings :data:`STREAM` (plus the case's own); ``--set``
 adds overrides to every case; ``--cases`` picks cases by name. The README's numbers::
 
-    nice -n 19 python benchmarks/tiled_memory.py --cases debug-1080p-96,debug-540p-96,debug-540p-384,debug-4k-48
+    nice -n 19 python benchmarks/tiled_memory.py --cases debug-1080p-96,debug-540p-96,debug-270p-96,debug-270p-384
     nice -n 19 python benchmarks/tiled_memory.py --seams --checkpoint runs/fidelity-cpu-l8-1600/export
 
 Randomly initialised weights are used (the memory and time do not depend on the weights);
@@ -51,8 +51,10 @@ CASES = {  # name: (config, width, height, frames, bar in GiB or None, extra ove
     "paper-1080p-96": ("paper", 1920, 1080, 96, 8.0, []),
     "debug-540p-96": ("debug", 960, 540, 96, None, []),
     "debug-540p-384": ("debug", 960, 540, 384, None, []),  # flatness against debug-540p-96
+    "debug-270p-96": ("debug", 480, 270, 96, None, []),
+    "debug-270p-384": ("debug", 480, 270, 384, None, []),  # flatness against debug-270p-96
 }
-FLAT = {"debug-1080p-384": "debug-1080p-96", "debug-540p-384": "debug-540p-96"}
+FLAT = {"debug-1080p-384": "debug-1080p-96", "debug-540p-384": "debug-540p-96", "debug-270p-384": "debug-270p-96"}
 FLAT_TOLERANCE = (0.05, 128 * 2**20)
 """A longer clip's peak may exceed the shorter one's by at most 5 % and 128 MiB."""
 
