@@ -90,8 +90,9 @@ def report(summary: dict, bar: float | None, wall: float | None, factor: tuple[i
     ok = True
     if bar is not None:
         ok = b["pooled"]["margin_db"] >= bar
-        lines.append(f"bar: pooled + {bar:.1f} dB -> {'MET' if ok else 'NOT MET'} "
-                     f"(short by {max(0.0, bar - b['pooled']['margin_db']):.2f} dB)")
+        gap = b["pooled"]["margin_db"] - bar
+        lines.append(f"bar: pooled + {bar:.1f} dB -> " + (f"MET ({gap:+.2f} dB over it)" if ok
+                                                           else f"NOT MET (short by {-gap:.2f} dB)"))
     if wall is not None:
         lines.append(f"training wall time: {wall / 60:.1f} min")
     return "\n".join(lines), ok

@@ -120,6 +120,7 @@ def train_variant(overrides: list[str], run_dir: Path, steps: int, timeout_s: fl
     """Train one variant (``overrides`` on ``base``) in a child process; returns its ``result.json``
     (skips a finished run). ``run_dir/harness.json`` records the base and overrides: a run directory
     trained with other settings is an error, never silently reused or resumed."""
+    run_dir = Path(run_dir).resolve()  # the child runs in run_dir: a relative --out would nest
     result_file, settings_file = run_dir / "result.json", run_dir / "harness.json"
     settings = {"base": str(Path(base).resolve()), "overrides": list(overrides)}
     if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
