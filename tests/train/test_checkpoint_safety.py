@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch.distributed as dist
 
 from pvq_model.train import checkpoint as ckpt
 
@@ -59,11 +60,18 @@ def run_dir(tmp_path_factory):
     mp.setenv("TORCH_EXTENSIONS_DIR", os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions")))
     mp.setattr(os, "fsync", fsync)
     mp.setattr(Path, "replace", replace)
+    saved_env = dict(os.environ)  # the in-process trainer sets RANK / MASTER_PORT for its world of one
     try:
         args = ["--config", str(ROOT / "configs" / "debug.yaml"), "--out", str(out), "--max-steps", "2"]
         assert entry.main(args + [a for s in SETS for a in ("--set", s)]) == 0
     finally:
         mp.undo()
+        # later tests launch trainers as subprocesses: an inherited RANK would send every one of them
+        # to the env:// rendezvous on the same MASTER_PORT (EADDRINUSE)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return out, events
 
 
