@@ -123,8 +123,8 @@ def fit(model: PVQVAE, clips: Sequence[Tensor | tuple[Tensor, Tensor]], steps: i
             while len(order) < batch_size:
                 order.extend(rng.permutation(len(pairs)).tolist())
             x, mask = collate([pairs[order.pop(0)] for _ in range(batch_size)])
-            if cfg.data.hflip or cfg.data.reverse:  # collate made a copy: the clips themselves stay as given
-                augment_(x, mask, seed=t.seed, step=drawn, hflip=cfg.data.hflip, reverse=cfg.data.reverse)
+            # in place on collate's copy (a no-op with both off): the clips themselves stay as given
+            augment_(x, mask, seed=t.seed, step=drawn, hflip=cfg.data.hflip, reverse=cfg.data.reverse)
             drawn += 1
             yield x, mask
 

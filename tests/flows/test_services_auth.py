@@ -137,17 +137,11 @@ def test_served_path_works_with_the_env_file(services):
 
     from mlflow import MlflowClient
 
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-    os.environ.update(MLFLOW_TRACKING_USERNAME="pvq", MLFLOW_TRACKING_PASSWORD=values["MLFLOW_TRACKING_PASSWORD"])
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_USERNAME", "pvq")
+        mp.setenv("MLFLOW_TRACKING_PASSWORD", values["MLFLOW_TRACKING_PASSWORD"])
         c = MlflowClient(values["MLFLOW_TRACKING_URI"])
         exp = c.create_experiment("auth-check")
         run = c.create_run(exp)
         c.log_metric(run.info.run_id, "x", 1.5)
         assert c.get_run(run.info.run_id).data.metrics["x"] == 1.5
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
