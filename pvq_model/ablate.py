@@ -31,12 +31,15 @@ and the evaluations under ``out/evals/<variant>/seed<s>``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -116,10 +119,11 @@ def small_buckets(data: str) -> list[str]:
 # training runs and their curves
 # ---------------------------------------------------------------------------------------------
 def train_variant(overrides: list[str], run_dir: Path, steps: int, timeout_s: float | None = None, *,
-                  base: str | Path = DEBUG_CONFIG) -> dict:
+                  base: str | Path = DEBUG_CONFIG, threads: int | None = None) -> dict:
     """Train one variant (``overrides`` on ``base``) in a child process; returns its ``result.json``
     (skips a finished run). ``run_dir/harness.json`` records the base and overrides: a run directory
-    trained with other settings is an error, never silently reused or resumed."""
+    trained with other settings is an error, never silently reused or resumed. ``threads``: the
+    child's CPU threads (``OMP_NUM_THREADS``; None: the inherited setting)."""
     run_dir = Path(run_dir).resolve()  # the child runs in run_dir: a relative --out would nest
     result_file, settings_file = run_dir / "result.json", run_dir / "harness.json"
     settings = {"base": str(Path(base).resolve()), "overrides": list(overrides)}
@@ -138,6 +142,8 @@ def train_variant(overrides: list[str], run_dir: Path, steps: int, timeout_s: fl
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("MLFLOW_TRACKING_URI", None)  # each run keeps its own sqlite store in run_dir/mlflow.db
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     with open(run_dir / "train.log", "w") as log:
         proc = subprocess.run(cmd, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s)
     if proc.returncode != 0 or not result_file.is_file():
@@ -481,10 +487,12 @@ def prepare(configs: list[str | Path], data: str | Path, steps: int,
 
 def run_variant(config: str | Path, data: str, steps: int, out: str | Path, common: list[str], *,
                 split: str = "val", limit: int | None = None, log=print,
-                base: str | Path = DEBUG_CONFIG) -> VariantResult:
-    """Train (``out/runs/VARIANT/seedS``, S the ``train.seed`` in ``common``) and evaluate
-    (``out/evals/VARIANT/seedS``) one ablation variant; a failure is recorded in
-    ``VariantResult.error`` (one Prefect task of the ``ablate`` flow)."""
+                base: str | Path = DEBUG_CONFIG, threads: int | None = None,
+                eval_lock: threading.Lock | None = None) -> VariantResult:
+    """Train (``out/runs/VARIANT/seedS``, S the ``train.seed`` in ``common``; ``threads``: see
+    :func:`train_variant`) and evaluate (``out/evals/VARIANT/seedS``, holding ``eval_lock`` when
+    given: evaluations run in this process, one at a time) one ablation variant; a failure is
+    recorded in ``VariantResult.error`` (one Prefect task of the ``ablate`` flow)."""
     from .evaluate import evaluate
 
     out = Path(out)
@@ -497,13 +505,14 @@ def run_variant(config: str | Path, data: str, steps: int, out: str | Path, comm
     log(f"[{variant} seed {seed}] {r.method} / {r.codebook_size} / {r.dim}: training {steps} steps")
     try:
         t0 = time.perf_counter()
-        res = train_variant(overrides, Path(r.run_dir), steps, base=base)
+        res = train_variant(overrides, Path(r.run_dir), steps, base=base, threads=threads)
         r.train_s = time.perf_counter() - t0
         r.steps = int(res["step"])
         r.final_loss = float(res["losses"][-1]) if res.get("losses") else None
-        t0 = time.perf_counter()
-        ev = evaluate(res["export"], data, r.eval_dir, split=split, limit=limit)
-        r.eval_s = time.perf_counter() - t0
+        with eval_lock or contextlib.nullcontext():
+            t0 = time.perf_counter()
+            ev = evaluate(res["export"], data, r.eval_dir, split=split, limit=limit)
+            r.eval_s = time.perf_counter() - t0
         s = ev.summary
         r.images, r.videos, r.overall, r.codebook = s["images"], s["videos"], s["overall"], s["codebook"]
         r.baselines = s.get("baselines", {})
@@ -569,11 +578,18 @@ def write_outputs(results: list[VariantResult], out: str | Path, *, steps: int, 
 def ablate(configs: list[str | Path], data: str | Path, steps: int, out: str | Path, *, split: str = "val",
            buckets: list[str] | None = None, seed: int = 42, seeds: int | list[int] = 1,
            base: str | Path = DEBUG_CONFIG, extra_overrides: list[str] | None = None, limit: int | None = None,
-           report: bool = True, log=print) -> str:
+           report: bool = True, log=print, jobs: int = 1) -> str:
     """Train and evaluate every variant in ``configs`` (ablation YAMLs, applied on ``base``) on the
     shard dataset ``data`` for ``steps`` steps, once per seed (``seeds``: a list, or a count N for
-    ``seed .. seed + N - 1``), one run after the other; returns the markdown (table and the paper's
-    orderings, also in ``out/ablation.md``). See the module docstring for everything it writes."""
+    ``seed .. seed + N - 1``); returns the markdown (table and the paper's orderings, also in
+    ``out/ablation.md``). See the module docstring for everything it writes.
+
+    ``jobs``: trainings run at once, each child on ``usable cores // jobs`` threads (at least 1);
+    evaluations run one at a time in this process. On a small CPU model two 1-thread runs finish
+    sooner than two 2-thread runs in turn (process start-up and small convolutions use one core).
+    The table does not depend on ``jobs`` beyond floating-point summation order."""
+    if jobs < 1:
+        raise AblationError(f"--jobs must be >= 1, got {jobs}")
     configs, data = prepare(configs, data, steps, base)
     seeds = seed_list(seeds, seed)
     out = Path(out)
@@ -583,8 +599,13 @@ def ablate(configs: list[str | Path], data: str | Path, steps: int, out: str | P
     for path in configs:  # a bad config fails before anything trains
         resolve_variant(path, commons[seeds[0]], base)
     t_all = time.perf_counter()
-    results = [run_variant(path, data, steps, out, commons[s], split=split, limit=limit, log=log, base=base)
-               for s in seeds for path in configs]
+    threads = max(1, len(os.sched_getaffinity(0)) // jobs) if jobs > 1 else None
+    lock = threading.Lock()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # submitted seed by seed, results in that order
+        futures = [pool.submit(run_variant, path, data, steps, out, commons[s], split=split, limit=limit,
+                               log=log, base=base, threads=threads, eval_lock=lock)
+                   for s in seeds for path in configs]
+        results = [f.result() for f in futures]
     return write_outputs(results, out, steps=steps, data=data, split=split, buckets=buckets,
                          wall_s=time.perf_counter() - t_all, base=base, report=report)
 
@@ -610,6 +631,7 @@ def typer_command():
                                   "(configs/cpu.yaml: the CPU recipe at 128x128 x 16)"),
         overrides: list[str] = typer.Option(None, "--set", help="key.path=value on every run (repeatable)"),
         no_report: bool = typer.Option(False, help="skip the HTML report"),
+        jobs: int = typer.Option(1, "--jobs", help="trainings at once, each on cpu count / jobs threads"),
     ):
         """Train every ablation variant with the same data, seeds and budget; write the Table-1 comparison
         (mean ± std over seeds) and whether each of the paper's orderings holds at this scale."""
@@ -618,7 +640,7 @@ def typer_command():
         files = expand_configs([*configs, *(more or [])])
         try:
             table = ablate(files, data, steps, out, split=split, buckets=bucket or None, seed=seed, seeds=seeds,
-                           base=base, extra_overrides=overrides or None, report=not no_report)
+                           base=base, extra_overrides=overrides or None, report=not no_report, jobs=jobs)
         except (AblationError, ConfigError) as e:
             print(f"error: {e}", file=sys.stderr)
             raise typer.Exit(2) from None

@@ -177,6 +177,8 @@ def test_ablate_rejects_bad_inputs(tmp_path):
         ab.ablate([ABLATIONS / "pvq.yaml"], tmp_path, 2, tmp_path / "out")
     with pytest.raises(ab.AblationError, match="steps"):
         ab.ablate([ABLATIONS / "pvq.yaml"], tmp_path, 0, tmp_path / "out")
+    with pytest.raises(ab.AblationError, match="--jobs"):
+        ab.ablate([ABLATIONS / "pvq.yaml"], tmp_path, 2, tmp_path / "out", jobs=0)
 
 
 @pytest.fixture(scope="module")
@@ -210,13 +212,13 @@ def _cell(values, digits):
 def test_ablate_two_variants_two_seeds(shards, tmp_path):
     out = tmp_path / "abl"
     configs = [ABLATIONS / "no_fft.yaml", ABLATIONS / "pvq.yaml"]
-    md = ab.ablate(configs, shards, 2, out, seeds=2, log=lambda *_: None)
+    md = ab.ablate(configs, shards, 2, out, seeds=2, log=lambda *_: None, jobs=2)  # two trainings at once
 
     res = json.loads((out / "ablation.json").read_text())
     assert res["steps"] == 2 and res["seeds"] == [42, 43] and res["base"] == "configs/debug.yaml"
     assert [v["variant"] for v in res["variants"]] == ["pvq", "no_fft"]  # Table-1 order
     assert [(r["variant"], r["seed"]) for r in res["runs"]] == [("pvq", 42), ("no_fft", 42), ("pvq", 43),
-                                                               ("no_fft", 43)]  # seed by seed
+                                                               ("no_fft", 43)]  # seed by seed, as submitted
     assert (out / "ablation.md").read_text().startswith(md)
     lines = md.splitlines()
     summaries = {}
