@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pvq_model.config import ConfigError
+from pvq_common.config import ConfigError
 
 app = typer.Typer(help="Data pipeline: shard raw videos/images into bucketed webdataset tars, refresh, stats.",
                   no_args_is_help=True)

@@ -1,6 +1,6 @@
 """Typed configuration of a shard job (``configs/shard/*.yaml``).
 
-Loaded with the project's strict loader (:func:`pvq_model.config.from_dict`): unknown keys and wrong
+Loaded with the project's one strict loader (:mod:`pvq_common.config`): unknown keys and wrong
 types are errors naming the key path. Overrides are ``key.path=value`` strings with YAML values:
 ``load_shard_config("configs/shard/default.yaml", ["clips.max_clips_per_video=4"])``.
 """
@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pvq_model.config import PAPER_FRAMES, PAPER_SCALES, ConfigError, from_dict, read_yaml
+from pvq_common.config import ConfigError, from_dict, load_tree
+from pvq_common.paper import PAPER_FRAMES, PAPER_SCALES
 
 
 @dataclass
@@ -138,20 +137,4 @@ def shard_config_from_dict(data: dict[str, Any]) -> ShardConfig:
 
 def load_shard_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ShardConfig:
     """Load a :class:`ShardConfig` from YAML (or defaults when ``path`` is None) plus overrides."""
-    data = read_yaml(path) if path is not None else {}
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key.path=value")
-        key, raw = item.split("=", 1)
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{key}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
-    try:
-        return shard_config_from_dict(data)
-    except ConfigError as e:
-        where = f" in {path}" if path is not None else ""
-        raise ConfigError(f"{e}{where}") from None
+    return load_tree(ShardConfig, path, overrides, validate)

@@ -1,32 +1,26 @@
 """Typed configuration tree for PVQ-VAE.
 
-One dataclass tree, loaded from YAML by :func:`load_config`. Unknown keys and wrong types are
-errors that name the full key path (``model.encoder.chanels: unknown key; known keys: ...``).
-Overrides use dotted paths with YAML values: ``load_config("configs/debug.yaml",
-["quantizer.num_levels=3", "train.seed=7"])``.
+One dataclass tree, loaded from YAML by :func:`load_config` (the project's one strict loader,
+:mod:`pvq_common.config`). Unknown keys and wrong types are errors that name the full key path
+(``model.encoder.chanels: unknown key; known keys here: ...``). Overrides use dotted paths with
+YAML values: ``load_config("configs/debug.yaml", ["quantizer.num_levels=3", "train.seed=7"])``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from pvq_common.config import ConfigError, from_dict, load_tree, read_yaml
+from pvq_common.paper import PAPER_FRAMES, PAPER_SCALES
 
-# The ten (W, H) training resolutions of the paper (supplementary §1.1) and its frame counts.
-PAPER_SCALES: tuple[tuple[int, int], ...] = (
-    (256, 256), (512, 512), (768, 512), (1024, 512), (1024, 1024),
-    (1024, 2048), (2048, 2048), (1280, 720), (1920, 1080), (3840, 2160),
-)
-PAPER_FRAMES: tuple[int, ...] = (16, 32, 48, 96)
-
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key path and the fix."""
+__all__ = [
+    "PAPER_SCALES", "PAPER_FRAMES", "ConfigError", "read_yaml", "from_dict", "load_config", "config_from_dict",
+    "validate", "PVQConfig", "EncoderConfig", "DecoderConfig", "QuantizerConfig", "AlignmentConfig", "LossConfig",
+    "DiscriminatorConfig", "LPIPSConfig", "ModelConfig", "InferenceConfig", "DataConfig", "TrainConfig",
+]
 
 
 @dataclass
@@ -260,125 +254,9 @@ class PVQConfig:
         return dataclasses.asdict(self)
 
 
-# --------------------------------------------------------------------------------------------
-# Generic, strict dataclass <- dict conversion
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, path: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` and return it converted (lists, dataclasses)."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
-        return from_dict(tp, value, path)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, path)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
-        (item_tp,) = typing.get_args(tp)[:1] or (Any,)
-        return [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
-    if tp is Any:
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            # YAML 1.1 reads "1e-5" as a string; accept numeric strings for floats.
-            if isinstance(value, str):
-                try:
-                    return float(value)
-                except ValueError:
-                    pass
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{path}: unsupported annotation {tp!r}")
-
-
-def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
-    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise :class:`ConfigError`."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        key_path = f"{path}.{key}" if path else str(key)
-        if key not in hints:
-            raise ConfigError(f"{key_path}: unknown key; known keys here: {', '.join(names)}")
-        kwargs[key] = _coerce(value, hints[key], key_path)
-    return cls(**kwargs)
-
-
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    node = tree
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{dotted}: {part} is not a section")
-    node[parts[-1]] = value
-
-
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a config YAML, following an optional top-level ``base: other.yaml`` (relative path)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
-    base = data.pop("base", None)
-    if base is not None:
-        data = _deep_merge(read_yaml(path.parent / base), data)
-    return data
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PVQConfig:
     """Load and validate a :class:`PVQConfig` from YAML plus ``key.path=value`` overrides."""
-    data = read_yaml(path) if path is not None else {}
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key.path=value")
-        key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
-    try:
-        cfg = from_dict(PVQConfig, data)
-    except ConfigError as e:
-        where = f" in {path}" if path is not None else ""
-        raise ConfigError(f"{e}{where}") from None
-    validate(cfg)
-    return cfg
+    return load_tree(PVQConfig, path, overrides, validate)
 
 
 def config_from_dict(data: dict[str, Any]) -> PVQConfig:

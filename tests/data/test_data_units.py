@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from data_prep import buckets, clips, encode, probe, sources
 from data_prep.config import ClipConfig, EncodeConfig, load_shard_config
-from pvq_model.config import PAPER_FRAMES, PAPER_SCALES, ConfigError
+from pvq_common.config import ConfigError
+from pvq_common.paper import PAPER_FRAMES, PAPER_SCALES
 
 from pathlib import Path
 
