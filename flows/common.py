@@ -12,6 +12,8 @@ import json
 import os
 from pathlib import Path
 
+from pvq_common.env import is_remote, missing_local_env  # noqa: F401 - is_remote: the flows import it from here
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_SOURCE = "demo"
 """The source name that stands for the embedded demo set (generated on first use)."""
@@ -21,30 +23,18 @@ EVAL_EXPERIMENT = "pvq-vae-reevaluation"
 DEFAULT_SHARD_CONFIG = "configs/shard/demo.yaml"
 DEFAULT_TRAIN_CONFIG = "configs/debug.yaml"
 
-# Settings that keep every library on this machine (DESIGN.md §5).
-LOCAL_ENV = {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "HF_HUB_OFFLINE": "1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-    "NO_PROXY": "127.0.0.1,localhost",
-    "no_proxy": "127.0.0.1,localhost",
-}
-
-
 class ParameterError(ValueError):
     """A flow parameter is wrong (missing source, unknown config key, unreachable storage); the
     message says which parameter and what to do. Never retried."""
 
 
 def configure_env() -> None:
-    """Set the local-only settings (without overriding what the caller set)."""
-    for k, v in LOCAL_ENV.items():
-        os.environ.setdefault(k, v)
+    """Set the local-only settings (:data:`pvq_common.env.LOCAL_ENV`, DESIGN.md §5) in this process,
+    without overriding what the caller set.
+
+    For flow entry points only (a flow run is its own process); library code passes
+    :func:`pvq_common.env.local_env` to the subprocesses it starts instead."""
+    os.environ.update(missing_local_env())
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
 
 
@@ -67,10 +57,6 @@ def local_artifact_root() -> Path:
 def is_server(tracking_uri: str) -> bool:
     """An MLflow tracking *server* (http/https), as opposed to a local sqlite/file store."""
     return str(tracking_uri).startswith(("http://", "https://"))
-
-
-def is_remote(uri: str) -> bool:
-    return "://" in str(uri) and not str(uri).startswith("file://")
 
 
 def project_path(p: str | os.PathLike | None) -> str | None:
