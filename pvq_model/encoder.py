@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from .blocks import Checkpointed, Conv3d, DownBlock, ResBlock3d, channel_resize, conv3, make_norm, zero_
 from .config import ModelConfig
-from .spectral import DWTBranch, FFTBranch
+from .dwt_branch import DWTBranch
+from .fft_branch import FFTBranch
 
 
 class EncoderOutput(NamedTuple):

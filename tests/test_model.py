@@ -5,7 +5,8 @@ import torch
 
 from pvq_model.config import load_config
 from pvq_model.discriminator import Discriminator3D
-from pvq_model.spectral import FFTBranch, haar_dwt
+from pvq_model.dwt_branch import haar_dwt
+from pvq_model.fft_branch import FFTBranch
 from pvq_model.vae import PVQVAE
 
 

@@ -15,10 +15,18 @@ from einops import einsum, rearrange
 from torch import Tensor, nn
 
 from ..blocks import Conv3d
+from ..config import QuantizerConfig
 from .base import Quantizer, QuantizerOutput, code_stats, fp32
 
 
 class GumbelQuantizer(Quantizer):
+    type_name, label = "gvq", "GVQ"
+
+    @classmethod
+    def from_config(cls, cfg: QuantizerConfig) -> GumbelQuantizer:
+        return cls(dim=cfg.dim, codebook_size=cfg.codebook_size, temperature=cfg.gumbel_temperature,
+                   kl_weight=cfg.gumbel_kl_weight)
+
     def __init__(self, *, dim: int, codebook_size: int, temperature: float = 1.0, kl_weight: float = 5e-4):
         super().__init__()
         self.dim, self.codebook_size = dim, codebook_size

@@ -13,10 +13,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Quantizer, QuantizerOutput, fp32
+from ..config import QuantizerConfig
+from .base import Grid, Quantizer, QuantizerOutput, fp32
 
 
 class IdentityQuantizer(Quantizer):
+    type_name, label, in_table1 = "identity", "Identity", False
+
+    @classmethod
+    def from_config(cls, cfg: QuantizerConfig) -> IdentityQuantizer:
+        return cls(dim=cfg.dim)
+
+    @classmethod
+    def token_grids(cls, cfg: QuantizerConfig, full: Grid) -> None:
+        """None: the latent is continuous, there are no tokens."""
+        return None
+
     def __init__(self, *, dim: int):
         super().__init__()
         self.dim, self.codebook_size = dim, 0

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from ..config import ConfigError, QuantizerConfig
 from .base import Quantizer, QuantizerOutput, code_stats, fp32
 
 
@@ -61,7 +62,35 @@ def lfq_entropy_naive(flat: Tensor, temperature: float) -> tuple[Tensor, Tensor]
     return per_sample, -(avg * avg.clamp_min(1e-12).log()).sum()
 
 
+def lfq_config_kwargs(cfg: QuantizerConfig) -> dict:
+    """The LFQ constructor arguments of the ``quantizer`` section (entropy loss and commitment), shared
+    by every quantizer with LFQ levels (lfq, rvq_lfq, pvq)."""
+    return dict(entropy_weight=cfg.entropy_weight, diversity_weight=cfg.diversity_weight,
+                temperature=cfg.entropy_temperature, group_bits=cfg.entropy_group_bits,
+                commitment_weight=cfg.commitment_weight)
+
+
+def check_lfq_config(cfg: QuantizerConfig) -> None:
+    """A lookup-free code has exactly 2**dim entries, and its entropy groups fit in ``dim``."""
+    if cfg.codebook_size != 2 ** cfg.dim:
+        raise ConfigError(
+            f"quantizer.codebook_size: a lookup-free quantizer with dim {cfg.dim} has 2**{cfg.dim} = "
+            f"{2 ** cfg.dim} codes, not {cfg.codebook_size}")
+    if not 1 <= cfg.entropy_group_bits <= min(cfg.dim, 16):
+        raise ConfigError("quantizer.entropy_group_bits: between 1 and min(dim, 16)")
+
+
 class LookupFreeQuantizer(Quantizer):
+    type_name, label = "lfq", "LFQ"
+
+    @classmethod
+    def from_config(cls, cfg: QuantizerConfig) -> LookupFreeQuantizer:
+        return cls(dim=cfg.dim, **lfq_config_kwargs(cfg))
+
+    @classmethod
+    def check_config(cls, cfg: QuantizerConfig) -> None:
+        check_lfq_config(cfg)
+
     def __init__(
         self,
         *,

@@ -3,11 +3,23 @@
 
 from __future__ import annotations
 
-from .residual import ConvFusion, ResidualQuantizer
+from ..config import QuantizerConfig
+from .residual import ConvFusion, PyramidLevels, ResidualQuantizer
 from .vq import VectorQuantizer
 
 
-class PyramidVQ(ResidualQuantizer):
+class PyramidVQ(PyramidLevels, ResidualQuantizer):
+    type_name, label = "psvq", "PSVQ"
+
+    @classmethod
+    def from_config(cls, cfg: QuantizerConfig) -> PyramidVQ:
+        return cls(dim=cfg.dim, codebook_size=cfg.codebook_size, scales=cfg.pyramid_scales,
+                   fusion_mix=cfg.fusion_mix, commitment_weight=cfg.commitment_weight)
+
+    @classmethod
+    def check_config(cls, cfg: QuantizerConfig) -> None:
+        cls.check_pyramid(cfg)
+
     def __init__(self, *, dim: int, codebook_size: int, scales: list[float], fusion_mix: float = 0.5,
                  commitment_weight: float = 0.25):
         super().__init__(

@@ -9,11 +9,23 @@ size and fused by a per-level convolutional mix before being summed. See
 
 from __future__ import annotations
 
-from .lfq import LookupFreeQuantizer
-from .residual import ConvFusion, ResidualQuantizer
+from ..config import QuantizerConfig
+from .lfq import LookupFreeQuantizer, check_lfq_config, lfq_config_kwargs
+from .residual import ConvFusion, PyramidLevels, ResidualQuantizer
 
 
-class PyramidLFQ(ResidualQuantizer):
+class PyramidLFQ(PyramidLevels, ResidualQuantizer):
+    type_name, label = "pvq", "PVQ"
+
+    @classmethod
+    def from_config(cls, cfg: QuantizerConfig) -> PyramidLFQ:
+        return cls(dim=cfg.dim, scales=cfg.pyramid_scales, fusion_mix=cfg.fusion_mix, **lfq_config_kwargs(cfg))
+
+    @classmethod
+    def check_config(cls, cfg: QuantizerConfig) -> None:
+        check_lfq_config(cfg)
+        cls.check_pyramid(cfg)
+
     def __init__(self, *, dim: int, scales: list[float], fusion_mix: float = 0.5,
                  commitment_weight: float = 0.25, **lfq_kwargs):
         super().__init__(

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..blocks import Conv3d
-from .base import Quantizer, QuantizerOutput, fp32
+from ..config import ConfigError, QuantizerConfig
+from .base import Grid, Quantizer, QuantizerOutput, fp32
 
 
 class ConvFusion(nn.Module):
@@ -42,6 +43,29 @@ class ConvFusion(nn.Module):
 def level_size(size: tuple[int, int, int], scale: float) -> tuple[int, int, int]:
     """Latent size of a pyramid level: each of (t, h, w) scaled and rounded, at least 1."""
     return tuple(max(1, round(n * scale)) for n in size)
+
+
+class FullSizeLevels:
+    """Mixin of RVQ and RVQ+LFQ: ``quantizer.num_levels`` levels, each at the full latent size."""
+
+    @classmethod
+    def token_grids(cls, cfg: QuantizerConfig, full: Grid) -> list[Grid]:
+        return [full] * cfg.num_levels
+
+
+class PyramidLevels:
+    """Mixin of PSVQ and PVQ: one level per ``quantizer.pyramid_scales`` entry, at its scaled size."""
+
+    @classmethod
+    def check_pyramid(cls, cfg: QuantizerConfig) -> None:
+        if len(cfg.pyramid_scales) != cfg.num_levels or cfg.pyramid_scales[-1] != 1.0:
+            raise ConfigError("quantizer.pyramid_scales: one entry per level, the last 1.0")
+        if any(not 0 < s <= 1 for s in cfg.pyramid_scales):
+            raise ConfigError("quantizer.pyramid_scales: entries in (0, 1]")
+
+    @classmethod
+    def token_grids(cls, cfg: QuantizerConfig, full: Grid) -> list[Grid]:
+        return [level_size(full, s) for s in cfg.pyramid_scales]
 
 
 class ResidualQuantizer(Quantizer):

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from torch import nn
 
-from .residual import ResidualQuantizer
+from ..config import QuantizerConfig
+from .residual import FullSizeLevels, ResidualQuantizer
 from .vq import VectorQuantizer
 
 
-class ResidualVQ(ResidualQuantizer):
+class ResidualVQ(FullSizeLevels, ResidualQuantizer):
+    type_name, label = "rvq", "RVQ"
+
+    @classmethod
+    def from_config(cls, cfg: QuantizerConfig) -> ResidualVQ:
+        return cls(dim=cfg.dim, codebook_size=cfg.codebook_size, num_levels=cfg.num_levels,
+                   commitment_weight=cfg.commitment_weight)
+
     def __init__(self, *, dim: int, codebook_size: int, num_levels: int, commitment_weight: float = 0.25):
         super().__init__(
             levels=[VectorQuantizer(dim=dim, codebook_size=codebook_size, commitment_weight=commitment_weight,

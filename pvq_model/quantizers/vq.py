@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from ..config import QuantizerConfig
 from .base import Quantizer, QuantizerOutput, code_stats, fp32
 
 
@@ -23,6 +24,12 @@ def nearest_code(flat: Tensor, codebook: Tensor, chunk: int = 8192) -> Tensor:
 
 class VectorQuantizer(Quantizer):
     """Plain VQ with codebook loss ``|sg(z) - e|^2`` and commitment ``beta |z - sg(e)|^2``."""
+
+    type_name, label = "vq", "VQ"
+
+    @classmethod
+    def from_config(cls, cfg: QuantizerConfig) -> VectorQuantizer:
+        return cls(dim=cfg.dim, codebook_size=cfg.codebook_size, commitment_weight=cfg.commitment_weight)
 
     def __init__(self, *, dim: int, codebook_size: int, commitment_weight: float = 0.25, init_seed: int = 0):
         super().__init__()
