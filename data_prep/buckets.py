@@ -22,10 +22,6 @@ class Crop:
     out_w: int
     out_h: int
 
-    @property
-    def bucket(self) -> str:
-        return bucket_name((self.out_w, self.out_h))
-
 
 def bucket_name(scale: tuple[int, int] | list[int]) -> str:
     return f"{scale[0]}x{scale[1]}"

@@ -7,7 +7,7 @@ Windows never overlap; each has a target ``length`` (16/32/48/96) and ``frames``
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from data_prep.config import ClipConfig
 
@@ -17,9 +17,6 @@ class Window:
     start: int
     frames: int
     length: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _draw(seed: int, source_id: str, index: int, n: int) -> int:

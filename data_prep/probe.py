@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from fractions import Fraction
 
 import ffmpeg
@@ -46,9 +46,6 @@ class Probe:
     """Display rotation in degrees (0, 90, 180, 270, counter-clockwise as ffprobe reports it)."""
     error: str | None = None
     detail: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:

@@ -13,6 +13,10 @@ A source spec is one of:
 Rows that cannot be listed (corrupt CSV rows, unsupported URI schemes) come back as items with
 ``error`` set, so the job records them instead of failing. Ids are unique by construction
 (:func:`unique_ids`): no input is dropped because another one has the same name.
+
+Before a job encodes them, :func:`check_hosts` turns http(s) sources outside ``allowed_hosts`` into
+``host_not_allowed`` rows (no request made) and :func:`stat_sources` records every file's size and
+mtime/ETag (resume and change detection).
 """
 
 from __future__ import annotations
@@ -24,13 +28,13 @@ import json
 import os
 import posixpath
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
 from data_prep import storage
+from pvq_common.media import kind_of
 
-VIDEO_EXT = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
-IMAGE_EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 WEBVID_COLUMNS = ("videoid", "contentUrl", "duration", "page_dir", "name")
 
 
@@ -49,11 +53,6 @@ class SourceItem:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def kind_of(uri: str) -> str | None:
-    ext = posixpath.splitext(uri.split("?")[0])[1].lower()
-    return "video" if ext in VIDEO_EXT else "image" if ext in IMAGE_EXT else None
 
 
 def _resolve(base_dir: str, ref: str) -> str:
@@ -276,3 +275,44 @@ def unique_ids(items: list[SourceItem]) -> list[SourceItem]:
             it = SourceItem(**{**it.to_dict(), "id": f"{it.id}@{hashlib.sha1(it.uri.encode()).hexdigest()[:8]}"})
         out.append(it)
     return out
+
+
+def host_allowed(uri: str, allowed: list[str]) -> bool:
+    """Whether an http(s) ``uri`` may be fetched under ``allowed_hosts`` (empty: any host)."""
+    from urllib.parse import urlsplit
+
+    if not allowed or not uri.lower().startswith(("http://", "https://")):
+        return True
+    u = urlsplit(uri)
+    host = (u.hostname or "").lower()
+    names = {a.lower() for a in allowed}
+    return host in names or (u.port is not None and f"{host}:{u.port}" in names)
+
+
+def check_hosts(items: list[SourceItem], allowed_hosts: list[str]) -> list[SourceItem]:
+    """Turn sources on hosts outside ``allowed_hosts`` (a shard config's) into ``host_not_allowed``
+    items (no request made)."""
+    out = []
+    for it in items:
+        if it.error is None and not host_allowed(it.uri, allowed_hosts):
+            it = SourceItem(it.id, it.uri, it.caption, it.kind, "host_not_allowed",
+                            f"{storage.redact(it.uri)}: host not in allowed_hosts {allowed_hosts}")
+        out.append(it)
+    return out
+
+
+def _stat_item(it: SourceItem) -> dict:
+    d = it.to_dict()
+    d.update(size=-1, version="")
+    if it.error is None:
+        try:
+            d.update(storage.info(it.uri))
+        except Exception:  # noqa: BLE001 - any failure to stat is a missing source, recorded per item
+            pass
+    return d
+
+
+def stat_sources(items: list[SourceItem]) -> list[dict]:
+    """Items as dicts with ``size`` and ``version`` (mtime or ETag; ``size`` -1: missing), stat'ed in parallel."""
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(_stat_item, items))

@@ -2,7 +2,8 @@
 
 S3 settings come from the usual AWS environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
 ``AWS_DEFAULT_REGION``) plus ``AWS_ENDPOINT_URL`` for an S3-compatible server (MinIO, moto).
-:func:`s3_env` returns those variables so a driver can hand them to Ray workers.
+:func:`s3_env` returns those variables so a driver can hand them to Ray workers (which apply them
+with :func:`pvq_common.env.scoped_env` while they work).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import fsspec
+
+from pvq_common.env import is_remote
 
 S3_ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
                "AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_EC2_METADATA_DISABLED")
@@ -79,15 +82,6 @@ def redact_tree(value):
 
 def s3_env() -> dict[str, str]:
     return {k: os.environ[k] for k in S3_ENV_KEYS if k in os.environ}
-
-
-def apply_env(env: dict[str, str] | None) -> None:
-    for k, v in (env or {}).items():
-        os.environ[k] = v
-
-
-def is_remote(uri: str) -> bool:
-    return "://" in uri and not uri.startswith("file://")
 
 
 def strip_file(uri: str) -> str:

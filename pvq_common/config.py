@@ -111,7 +111,8 @@ def _model_of(cls: type) -> type[BaseModel]:
     """The strict pydantic model that validates the dict form of dataclass ``cls`` (cached)."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: (_mirror_type(hints[f.name]), None) for f in dataclasses.fields(cls)}
-    model = create_model(f"{cls.__name__}Schema", __config__=ConfigDict(extra="forbid", strict=True), **fields)
+    strict = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
+    model = create_model(f"{cls.__name__}Schema", __config__=strict, **fields)
     model.__dataclass__ = cls
     return model
 
@@ -119,7 +120,9 @@ def _model_of(cls: type) -> type[BaseModel]:
 def _build(model: BaseModel) -> Any:
     """The dataclass instance of a validated model; keys that were not given keep their defaults."""
     def value(v: Any) -> Any:
-        return _build(v) if isinstance(v, BaseModel) else v
+        if isinstance(v, BaseModel):
+            return _build(v)
+        return [value(x) for x in v] if isinstance(v, list) else v
 
     return type(model).__dataclass__(**{k: value(getattr(model, k)) for k in model.model_fields_set})
 

@@ -10,14 +10,13 @@ import pytest
 
 from data_prep.config import load_shard_config
 from data_prep.samples import make_demo_set
+from pvq_common.env import missing_local_env
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = ROOT / "configs" / "shard" / "demo.yaml"
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray binds 127.0.0.1 only (see shard.ensure_ray)
+# the loopback-only settings (pvq_common.env.LOCAL_ENV) for this test process and the Ray cluster it starts
+os.environ.update(missing_local_env())
 
 
 def pytest_configure(config):

@@ -171,7 +171,7 @@ def test_playlist_with_a_video_extension_is_refused(built):
 
 
 def test_rotated_video_is_probed_cut_and_encoded_upright(built, corpus):
-    from pvq_model.video_io import read_video
+    from pvq_model.eval.video_io import read_video
 
     _, out, _, v = built
     assert probe(str(corpus / "csv" / "rot.mp4")).rotation in (90, 270)

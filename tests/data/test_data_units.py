@@ -56,7 +56,7 @@ def test_choose_bucket_paper_scales(size, upscale, expected):
 
 def test_center_crop_keeps_bucket_aspect_and_centre():
     c = buckets.center_crop(1920, 1080, 256, 256)
-    assert (c.w, c.h, c.x, c.y) == (1080, 1080, 420, 0) and c.bucket == "256x256"
+    assert (c.w, c.h, c.x, c.y) == (1080, 1080, 420, 0) and buckets.bucket_name((c.out_w, c.out_h)) == "256x256"
     c = buckets.center_crop(368, 480, 512, 512)
     assert (c.w, c.h) == (368, 368) and c.y == 56
     c = buckets.center_crop(1296, 720, 1280, 720)
@@ -170,7 +170,7 @@ def test_encode_is_deterministic(demo, tmp_path):
 
 @pytest.mark.parametrize("n,per_task,slots", [(1, 4, 2), (5, 4, 2), (23, 4, 2), (23, 1, 2), (1000, 8, 16), (7, 4, 1)])
 def test_task_groups_cover_every_source_and_end_with_single_sources(n, per_task, slots):
-    from data_prep.shard import task_groups
+    from data_prep.ray_runtime import task_groups
 
     sizes = task_groups(n, per_task, slots)
     assert sum(sizes) == n
@@ -187,14 +187,14 @@ def test_tar_members_are_byte_identical_to_webdataset_tarwriter():
 
     import webdataset as wds
 
-    from data_prep.shard import _add_sample
+    from data_prep.tars import add_sample
 
     samples = [("clip_000000", {"mp4": bytes(range(256)) * 7, "json": '{"caption": "é"}'}),
                ("img_000000", {"jpg": b"\xff\xd8" + b"x" * 1000, "json": b"{}"})]
     ours, theirs = _io.BytesIO(), _io.BytesIO()
     with tarfile.open(fileobj=ours, mode="w|") as tw:
         for key, members in samples:
-            _add_sample(tw, key, members)
+            add_sample(tw, key, members)
     with wds.TarWriter(theirs, encoder=False, mtime=0.0, user="pvq", group="pvq") as tw:
         for key, members in samples:
             tw.write({"__key__": key, **{k: v.encode() if isinstance(v, str) else v for k, v in members.items()}})
@@ -204,3 +204,19 @@ def test_tar_members_are_byte_identical_to_webdataset_tarwriter():
     got = [(s["__key__"], {k: v for k, v in s.items() if not k.startswith("__")})
            for s in wds.tariterators.group_by_keys(files)]
     assert got == [(key, {k: v.encode() if isinstance(v, str) else v for k, v in m.items()}) for key, m in samples]
+
+
+@pytest.mark.parametrize("modules, forbidden", [
+    ("pvq_common.config, pvq_common.env, pvq_common.media, pvq_common.paper",
+     ("torch", "ray", "prefect", "mlflow", "pvq_model", "data_prep", "flows")),
+    ("data_prep.shard, data_prep.cli, data_prep.config", ("torch", "pvq_model", "flows", "ray", "mlflow", "prefect")),
+    ("data_prep.loader", ("pvq_model", "flows", "mlflow", "prefect")),
+])
+def test_data_layer_imports_nothing_from_the_layers_above(modules, forbidden):
+    import subprocess
+    import sys
+
+    code = (f"import sys; import {modules}; "
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(forbidden)!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"{modules} pulled in {out.strip()}"
