@@ -45,7 +45,7 @@ def ensure_dataset(data: Path, shard_config: Path) -> Path:
         raise SystemExit(f"{data} is not a shard dataset and {MEDIA} (the real footage) is missing: "
                          f"shard your own videos with `pvq data shard -s DIR -o {data} -c {shard_config}`")
     sources = [str(MEDIA / "videos"), str(MEDIA / "images")]
-    cmd = [sys.executable, "-m", "pvq_model.cli", "data", "shard", *sum((["-s", s] for s in sources), []),
+    cmd = [sys.executable, "-m", "flows.cli", "data", "shard", *sum((["-s", s] for s in sources), []),
            "-o", str(data), "-c", str(shard_config)]
     print("building the data set:", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
@@ -62,7 +62,7 @@ def train(config: Path, data: Path, run: Path, overrides: list[str], nproc: int)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))}
     sets = sum((["--set", s] for s in [f"train.data_path={data.resolve()}", *overrides]), [])
-    launch = [sys.executable, "-m", "pvq_model.train.launch", "--config", str(config), "--out", str(run), "--cpu", *sets]
+    launch = [sys.executable, "-m", "pvq_model.launch", "--config", str(config), "--out", str(run), "--cpu", *sets]
     if nproc > 1 and can_isolate():
         cmd = [str(ROOT / "infra" / "local" / "isolated.sh"), *launch, "--launcher", "local", "--nproc", str(nproc)]
     else:
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bar", type=float, default=None, help="dB over pooled (default: by compression)")
     a = ap.parse_args(argv)
     from pvq_model.config import load_config
-    from pvq_model.evaluate import evaluate
+    from pvq_model.eval.evaluate import evaluate
 
     data = ensure_dataset(a.data, a.shard_config)
     wall = None

@@ -77,7 +77,7 @@ def run_case(name: str, work: Path, overrides: list[str], checkpoint: str | None
     overrides = [*STREAM, *extra, *overrides]
     clip = make_clip(work / f"testsrc2_{w}x{h}_{frames}.mp4", w, h, frames)
     out = work / f"{name}_recon.mp4"
-    cmd = [sys.executable, "-m", "pvq_model.cli", "reconstruct", str(clip), str(out),
+    cmd = [sys.executable, "-m", "flows.cli", "reconstruct", str(clip), str(out),
            "--max-frames", str(frames)]
     cmd += ["--checkpoint", checkpoint] if checkpoint else ["--config", str(ROOT / "configs" / f"{config}.yaml")]
     for o in overrides:
@@ -113,7 +113,7 @@ def seams(checkpoint: str, overrides: list[str], media: Path) -> list[dict]:
 
     sys.path.insert(0, str(ROOT))
     from pvq_model.config import load_config
-    from pvq_model.stream import VideoFileSource, chunk_borders, reconstruct_stream, seam_dip
+    from pvq_model.eval.stream import VideoFileSource, chunk_borders, reconstruct_stream, seam_dip
     from pvq_model.vae import PVQVAE
 
     torch.set_grad_enabled(False)

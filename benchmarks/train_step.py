@@ -44,7 +44,7 @@ def main() -> None:
     import torch
 
     from pvq_model.config import load_config
-    from pvq_model.fit import fit, seed_everything
+    from pvq_model.train.fit import fit, seed_everything
     from pvq_model.train.data import synthetic_batches
     from pvq_model.train.loop import train
     from pvq_model.vae import PVQVAE

@@ -1,6 +1,6 @@
 """Controlled training experiments at CPU scale (docs/training_dynamics.md).
 
-Trains one config with the plain loop (``pvq_model.fit.fit``: the same generator step as the
+Trains one config with the plain loop (``pvq_model.train.fit.fit``: the same generator step as the
 DeepSpeed trainer, one process) on the *train* split of a shard dataset and evaluates PSNR on
 its *val* split (held-out sources) every ``--eval-every`` steps, beside the mean-colour and pooled
 baselines of the same clips. Prints one JSON line per evaluation and, at the end, a summary with
@@ -26,10 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pvq_model.config import load_config  # noqa: E402
-from pvq_model.evaluate import iter_shard_clips  # noqa: E402
-from pvq_model.fit import EMAWeights, fit, seed_everything  # noqa: E402
+from pvq_model.eval.evaluate import iter_shard_clips  # noqa: E402
+from pvq_model.train.fit import EMAWeights, fit, seed_everything  # noqa: E402
 from pvq_model.metrics import clip_metrics  # noqa: E402
-from pvq_model.naive import mean_colour, pooled  # noqa: E402
+from pvq_model.eval.naive import mean_colour, pooled  # noqa: E402
 from pvq_model.vae import PVQVAE  # noqa: E402
 
 

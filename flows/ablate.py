@@ -1,4 +1,4 @@
-"""Flow ``ablate``: the Table-1 / FFT-DWT ablation harness (``pvq_model.ablate``), each variant a task.
+"""Flow ``ablate``: the Table-1 / FFT-DWT ablation harness (``pvq_model.eval.ablate``), each variant a task.
 
 Every variant trains at the debug width with the same data, seed and step budget, then its EMA
 export is evaluated. Every config is validated first (a bad key fails the run before anything
@@ -21,7 +21,7 @@ from flows.common import ROOT, configure_env, default_shards, project_path, work
 def run_variant(variant: str, config: str, data: str, steps: int, out: str, common: list[str], split: str,
                 limit: int | None) -> dict:
     """Train and evaluate one variant (no retries: a failure is deterministic and is recorded)."""
-    from pvq_model import ablate
+    from pvq_model.eval import ablate
 
     return dataclasses.asdict(ablate.run_variant(config, data, steps, out, common, split=split, limit=limit))
 
@@ -34,7 +34,7 @@ def ablate_flow(configs: list[str] | None = None, data: str | None = None, steps
     Returns {"table", "out", "failed"}."""
     configure_env()
     from data_prep import manifest
-    from pvq_model import ablate
+    from pvq_model.eval import ablate
 
     data = project_path(data or default_shards())
     if manifest.latest_version(data) is None:

@@ -3,7 +3,8 @@
 From the model version (``models:/pvq-vae@champion`` or ``models:/pvq-vae/3``) it reads the
 training run: the exact resolved config (artifact ``config.json``), the git commit and dirty flag,
 the data path, version and index hash recorded at registration. It writes the config as YAML and
-prints the git checkout and the launch command (``python -m pvq_model.train.launch ...``); without
+prints the git checkout and the launch command (:mod:`pvq_model.launch`: ``python -m pvq_model.train ...``
+directly, under torchrun or in an sbatch script); without
 ``--dry-run`` it also runs the launch (from the current checkout, after checking the commit).
 Every mismatch that would make the retrain differ (dirty tree at training time, another commit
 checked out now, a dataset whose LATEST moved on) is printed as a warning.
@@ -23,20 +24,6 @@ from flows import registry
 from flows.common import ROOT, configure_env, default_tracking_uri
 
 
-def _version(c, model_uri: str):
-    if not model_uri.startswith("models:/"):
-        raise ValueError(f"{model_uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
-    rest = model_uri.removeprefix("models:/")
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        mv = registry.alias_version(c, name, alias)
-        if mv is None:
-            raise ValueError(f"{model_uri}: no model version has alias {alias!r}")
-        return mv
-    name, _, version = rest.partition("/")
-    return c.get_model_version(name, version)
-
-
 def launcher_for(cfg: dict) -> str:
     t = cfg["train"]
     if t["world_size"] == 1:
@@ -49,16 +36,16 @@ def reproduce_plan(model_uri: str, tracking_uri: str | None = None, out: str | P
     """Everything needed to retrain ``model_uri``: {"config_path", "commit", "command", "warnings", ...}."""
     configure_env()
     from data_prep import manifest, storage
-    from pvq_model.train import launch
+    from pvq_model.launch.plan import LaunchRequest, plan
     from pvq_model.train.tracking import git_state
 
     tracking_uri = tracking_uri or default_tracking_uri()
     c = registry.client(tracking_uri)
-    mv = _version(c, model_uri)
-    run = c.get_run(mv.run_id)
+    mv = registry.resolve_version(c, model_uri)
+    run = c.get_run(mv["run_id"])
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = json.loads(Path(c.download_artifacts(mv.run_id, "config.json", tmp)).read_text())
-    out = Path(out or ROOT / "runs" / f"reproduce-{mv.name}-v{mv.version}").resolve()
+        cfg = json.loads(Path(c.download_artifacts(mv["run_id"], "config.json", tmp)).read_text())
+    out = Path(out or ROOT / "runs" / f"reproduce-{mv['name']}-v{mv['version']}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "reproduce_config.yaml"
     config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -72,7 +59,7 @@ def reproduce_plan(model_uri: str, tracking_uri: str | None = None, out: str | P
         warnings.append(f"this checkout is at {now['git_commit'][:12]}, the model at {commit[:12]}: "
                         f"check out {commit[:12]} first")
     data_path = cfg["train"].get("data_path")
-    data_version = mv.tags.get("data_version")
+    data_version = mv["tags"].get("data_version")
     if data_path:
         latest = manifest.latest_version(data_path) if storage.exists(data_path) else None
         if latest is None:
@@ -81,12 +68,12 @@ def reproduce_plan(model_uri: str, tracking_uri: str | None = None, out: str | P
             warnings.append(f"dataset {data_path} is at {latest} but the model was trained on {data_version}; "
                             "the loader reads LATEST")
     launcher = launcher or launcher_for(cfg)
-    plan = launch.plan(config_path, [], out / "run", launcher, write_script=False)
-    return {"model": f"{mv.name} v{mv.version}", "run_id": mv.run_id, "commit": commit,
+    p = plan(LaunchRequest(config_path, [], out / "run", launcher, write_script=False))
+    return {"model": f"{mv['name']} v{mv['version']}", "run_id": mv["run_id"], "commit": commit,
             "dirty": run.data.tags.get("git_dirty"), "data_path": data_path, "data_version": data_version,
             "seed": cfg["train"]["seed"], "config_path": str(config_path), "launcher": launcher,
             "checkout": f"git -C {shlex.quote(str(ROOT))} checkout {commit}",
-            "command": plan.command, "out": str(out / "run"), "warnings": warnings}
+            "command": p.command, "out": str(out / "run"), "warnings": warnings}
 
 
 def reproduce_command(model_uri: str, dry_run: bool = True, launcher: str | None = None, out: str | None = None,
@@ -106,23 +93,7 @@ def reproduce_command(model_uri: str, dry_run: bool = True, launcher: str | None
     print(p["command"])
     if dry_run:
         return 0
-    from pvq_model.train import launch
+    from pvq_model.launch.cli import run
+    from pvq_model.launch.plan import LaunchRequest
 
-    return launch.run(Path(p["config_path"]), [], Path(p["out"]), p["launcher"])
-
-
-def typer_command():
-    """``pvq reproduce``: register with ``app.command("reproduce")(typer_command())``."""
-    import typer
-
-    def reproduce(
-        model_uri: str = typer.Argument(..., help="models:/NAME@ALIAS or models:/NAME/VERSION"),
-        dry_run: bool = typer.Option(False, "--dry-run", help="print the checkout and launch command only"),
-        launcher: str = typer.Option(None, help="single | local | slurm | deepspeed (default: from the config)"),
-        out: str = typer.Option(None, help="where the config and the new run go (default runs/reproduce-...)"),
-        tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default MLFLOW_TRACKING_URI)"),
-    ):
-        """Print (or run) the command that retrains a registered model."""
-        raise typer.Exit(reproduce_command(model_uri, dry_run, launcher, out, tracking_uri))
-
-    return reproduce
+    return run(LaunchRequest(Path(p["config_path"]), [], Path(p["out"]), p["launcher"]))

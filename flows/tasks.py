@@ -24,7 +24,6 @@ from flows.common import (DEMO_SOURCE, ROOT, ParameterError, configure_env, file
                           is_remote, is_server, local_artifact_root, project_path, work_dir)
 
 ISOLATED = ROOT / "infra" / "local" / "isolated.sh"
-LAUNCHERS = ("single", "local", "slurm", "deepspeed")
 DETERMINISTIC = (ParameterError, ValueError, TypeError, KeyError, FileNotFoundError)
 
 
@@ -169,6 +168,7 @@ def check_dataset(data: str, version: str | None = None) -> dict:
 def validate_training(config: str, overrides: list[str], launcher: str) -> dict:
     """Load the training config with the overrides (unknown keys are errors naming the key)."""
     from pvq_model.config import ConfigError, load_config
+    from pvq_model.launch.geometry import LAUNCHERS
 
     if launcher not in LAUNCHERS:
         raise ParameterError(f"launcher {launcher!r} is unknown: choose one of {', '.join(LAUNCHERS)}")
@@ -205,7 +205,7 @@ def _train_key(context, parameters) -> str:
 def submission_only(task, task_run, state) -> bool:
     """retry_condition_fn of launch-training: retry a failed job *submission* or poll (a
     ``LaunchError`` escaping ``launch.run``: sbatch / scontrol failed), never a failed training."""
-    from pvq_model.train.launch import LaunchError
+    from pvq_model.launch.geometry import LaunchError
 
     try:
         state.result()
@@ -221,7 +221,7 @@ def submission_only(task, task_run, state) -> bool:
 def launch_training(config: str, overrides: list[str], run_dir: str, launcher: str = "single",
                     tracking_uri: str = "", nproc: int | None = None, nnodes: int | None = None,
                     timeout_s: float | None = None) -> dict:
-    """Run ``pvq_model.train.launch`` (a subprocess / torchrun / sbatch job that this task waits
+    """Run :func:`pvq_model.launch.cli.run` (a subprocess / torchrun / sbatch job that this task waits
     for; training never runs inside the worker process) and return the run's result.json.
 
     A run directory that already holds a finished run is reused (no second MLflow run). The MLflow
@@ -229,7 +229,9 @@ def launch_training(config: str, overrides: list[str], run_dir: str, launcher: s
     created first with its artifact folder under PVQ_WORK_DIR (never ./mlruns)."""
     configure_env()
     from pvq_model.config import load_config
-    from pvq_model.train import launch
+    from pvq_model.launch.cli import run as launch_run
+    from pvq_model.launch.plan import LaunchRequest
+    from pvq_model.train.tracking import ensure_experiment
 
     config = project_path(config)
     cfg = load_config(config, list(overrides))
@@ -239,7 +241,7 @@ def launch_training(config: str, overrides: list[str], run_dir: str, launcher: s
         _log().info(f"{run}: already trained to step {done['step']}; reusing it")
         return done
     c = registry.client(tracking_uri)
-    registry.ensure_experiment(c, cfg.train.mlflow_experiment,
+    ensure_experiment(c, cfg.train.mlflow_experiment,
                                None if is_server(tracking_uri) else local_artifact_root())
     env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true",
            "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"], "PYTHONUNBUFFERED": "1"}
@@ -247,8 +249,9 @@ def launch_training(config: str, overrides: list[str], run_dir: str, launcher: s
     if launcher == "local":
         code = _run_isolated(config, list(overrides), run, nproc, env, timeout_s, tracking_uri)
     else:
-        code = launch.run(config, list(overrides), run, launcher, nproc, nnodes, timeout_s=timeout_s,
-                          env=env, **({"gpu": False} if launcher == "slurm" and not _has_gpu() else {}))
+        req = LaunchRequest(config, list(overrides), run, launcher, nproc, nnodes, env=env,
+                            gpu=False if launcher == "slurm" and not _has_gpu() else None)
+        code = launch_run(req, timeout_s=timeout_s)
     if code != 0:
         raise RuntimeError(f"training ({launcher}) exited with code {code}; see the output above and {run}")
     res = _result(run, cfg.train.steps)
@@ -268,57 +271,28 @@ def _run_isolated(config: str, overrides: list[str], run: Path, nproc: int | Non
     """torchrun with several ranks on this machine, inside ``infra/local/isolated.sh`` (a private
     network namespace: torch's c10d name lookups never leave the machine). The namespace cannot
     reach an MLflow *server* on the host, so with an http tracking URI the ranks log to a sqlite
-    store in the run directory and :func:`import_run` copies that run to the server afterwards."""
-    from pvq_model.train import launch
+    store in the run directory and :func:`flows.registry.import_run` copies that run to the server afterwards."""
+    from pvq_model.launch.cli import stop_group
+    from pvq_model.launch.plan import LaunchRequest, format_plan, plan
 
-    p = launch.plan(Path(config), overrides, run, "local", nproc, None, gpu=_has_gpu(), env=env)
+    p = plan(LaunchRequest(Path(config), overrides, run, "local", nproc, None, gpu=_has_gpu(), env=env))
     inner_env = dict(p.env)
     remote = is_server(tracking_uri)
     if remote:
         inner_env["MLFLOW_TRACKING_URI"] = f"sqlite:///{(run / 'mlflow.db').resolve()}"
-    print(launch.format_plan(p), flush=True)
+    print(format_plan(p), flush=True)
     proc = subprocess.Popen([str(ISOLATED), *p.argv], env={**os.environ, **inner_env}, start_new_session=True)
     try:
         code = proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        launch.stop_group(proc)
+        stop_group(proc)
         return 124
     if code == 0 and remote:
         res_file = run / "result.json"
         res = json.loads(res_file.read_text())
-        res["mlflow_run_id"] = import_run(inner_env["MLFLOW_TRACKING_URI"], res["mlflow_run_id"], tracking_uri)
+        res["mlflow_run_id"] = registry.import_run(inner_env["MLFLOW_TRACKING_URI"], res["mlflow_run_id"], tracking_uri)
         res_file.write_text(json.dumps(res))
     return code
-
-
-def import_run(src_uri: str, run_id: str, dst_uri: str) -> str:
-    """Copy an MLflow run (params, tags, metric histories, artifacts) from one store to another;
-    returns the new run id."""
-    import tempfile
-
-    from mlflow.entities import Metric, Param, RunTag
-
-    src, dst = registry.client(src_uri), registry.client(dst_uri)
-    run = src.get_run(run_id)
-    exp = src.get_experiment(run.info.experiment_id)
-    exp_id = registry.ensure_experiment(dst, exp.name, None)
-    new = dst.create_run(exp_id, run_name=run.info.run_name, start_time=run.info.start_time)
-    rid = new.info.run_id
-    params = [Param(k, v) for k, v in run.data.params.items()]
-    tags = [RunTag(k, v) for k, v in run.data.tags.items() if not k.startswith("mlflow.")]
-    tags.append(RunTag("imported_from", f"{src_uri}#{run_id}"))
-    metrics = [Metric(m.key, m.value, m.timestamp, m.step) for k in run.data.metrics
-               for m in src.get_metric_history(run_id, k)]
-    for i in range(0, max(len(params), 1), 90):
-        dst.log_batch(rid, params=params[i:i + 90])
-    dst.log_batch(rid, tags=tags)
-    for i in range(0, len(metrics), 500):
-        dst.log_batch(rid, metrics=metrics[i:i + 500])
-    with tempfile.TemporaryDirectory() as tmp:
-        local = src.download_artifacts(run_id, "", tmp)
-        dst.log_artifacts(rid, local)
-    dst.set_terminated(rid, run.info.status)
-    return rid
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,7 +311,8 @@ def evaluate_model(model: str, data: str, out: str, version: str | None = None, 
     """PSNR/SSIM/LPIPS (images and videos separately) and codebook stats of ``model`` (the EMA
     export directory or an MLflow model URI) on the validation shards; returns the summary."""
     configure_env()
-    from pvq_model.evaluate import EvaluationError, evaluate, format_summary
+    from pvq_model.eval.evaluate import evaluate
+    from pvq_model.eval.summary import EvaluationError, format_summary
 
     try:
         res = evaluate(model, data, out, split="val", version=version, tracking_uri=tracking_uri)
@@ -350,7 +325,7 @@ def evaluate_model(model: str, data: str, out: str, version: str | None = None, 
 @task(name="log-evaluation", retries=2, retry_delay_seconds=3, retry_condition_fn=transient_only)
 def log_evaluation(tracking_uri: str, run_id: str, summary: dict, eval_dir: str) -> dict[str, float]:
     """Evaluation metrics and files (summary.json, clips.parquet) on the training run."""
-    from pvq_model.evaluate import flat_metrics
+    from pvq_model.eval.summary import flat_metrics
 
     c = registry.client(tracking_uri)
     metrics = flat_metrics(summary)
@@ -363,7 +338,7 @@ def log_evaluation(tracking_uri: str, run_id: str, summary: dict, eval_dir: str)
 def write_report(tracking_uri: str, run_id: str, eval_dir: str, run_dir: str) -> str:
     """The HTML report (frames, errors, per-frame PSNR, training curves, codebook usage) of the
     evaluated export, written beside the run and logged on it as ``report/``. Returns the page."""
-    from pvq_model.report import build_report
+    from pvq_model.eval.report import build_report
 
     page = build_report(eval_dir, Path(run_dir) / "report", run_dir=run_dir)
     registry.client(tracking_uri).log_artifacts(run_id, str(page.parent), "report")
@@ -375,7 +350,7 @@ def register_model(tracking_uri: str, name: str, run_id: str, summary: dict, dat
                    train_config: dict) -> str:
     """A model version from the training run's export with alias ``challenger``; tagged with the git
     commit, data version, seed and evaluation score. Returns the version number."""
-    from pvq_model.evaluate import primary_score
+    from pvq_model.eval.summary import primary_score
 
     c = registry.client(tracking_uri)
     run = c.get_run(run_id)
@@ -404,54 +379,22 @@ def promote_if_better(tracking_uri: str, name: str, version: str, dataset: dict,
     """Alias ``champion`` moves to ``version`` only if it scores higher than the current champion on
     the same data (the champion is re-evaluated on this data version when its recorded score is
     from another one). The first version becomes champion."""
-    from pvq_model.evaluate import evaluate
+    from pvq_model.eval.evaluate import evaluate
 
-    c = registry.client(tracking_uri)
-    new = c.get_model_version(name, version)
-    new_score = float(new.tags[registry.SCORE_TAG])
-    champ = registry.alias_version(c, name, registry.CHAMPION)
-    if champ is None:
-        registry.set_champion(c, name, version)
-        c.set_model_version_tag(name, version, "promotion", "first champion")
-        return {"promoted": True, "champion": version, "score": new_score, "previous": None}
-    if str(champ.version) == str(version):
-        return {"promoted": False, "champion": version, "score": new_score, "previous": version}
-    same = (champ.tags.get("data_path") == dataset["data"] and champ.tags.get("data_index_sha256") == dataset["index_sha256"]
-            and registry.SCORE_TAG in champ.tags)
-    if same:
-        champ_score = float(champ.tags[registry.SCORE_TAG])
-    else:
-        res = evaluate(f"models:/{name}/{champ.version}", dataset["data"],
-                       Path(eval_root) / f"champion-v{champ.version}", version=dataset["version"],
-                       tracking_uri=tracking_uri)
-        champ_score = res.score
-    better = new_score > champ_score
-    c.set_model_version_tag(name, version, "compared_to", f"v{champ.version}: {champ_score:.6f}")
-    if better:
-        registry.set_champion(c, name, version)
-        c.set_model_version_tag(name, version, "promotion", f"beat v{champ.version}")
-    _log().info(f"{name} v{version} scores {new_score:.3f} vs champion v{champ.version} {champ_score:.3f}: "
-                f"{'promoted' if better else 'stays challenger'}")
-    return {"promoted": better, "champion": version if better else str(champ.version), "score": new_score,
-            "previous": str(champ.version), "previous_score": champ_score}
+    def rescore(champion: str) -> float:
+        return evaluate(f"models:/{name}/{champion}", dataset["data"], Path(eval_root) / f"champion-v{champion}",
+                        version=dataset["version"], tracking_uri=tracking_uri).score
+
+    return registry.promote(registry.client(tracking_uri), name, version, dataset, rescore, log=_log().info)
 
 
 @task(name="resolve-model-version", retries=2, retry_delay_seconds=3, retry_condition_fn=transient_only)
 def resolve_model_version(tracking_uri: str, model_uri: str) -> dict:
     """``models:/name@alias`` or ``models:/name/version`` -> {name, version, run_id, tags}."""
-    if not model_uri.startswith("models:/"):
-        raise ParameterError(f"model_uri {model_uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
-    rest = model_uri.removeprefix("models:/")
-    c = registry.client(tracking_uri)
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        mv = registry.alias_version(c, name, alias)
-        if mv is None:
-            raise ParameterError(f"{model_uri}: no model version has alias {alias!r} in {tracking_uri}")
-    else:
-        name, _, version = rest.partition("/")
-        mv = c.get_model_version(name, version)
-    return {"name": name, "version": str(mv.version), "run_id": mv.run_id, "tags": dict(mv.tags)}
+    try:
+        return registry.resolve_version(registry.client(tracking_uri), model_uri)
+    except ValueError as e:
+        raise ParameterError(f"{e} (in {tracking_uri})") from None
 
 
 @task(name="log-reevaluation", retries=2, retry_delay_seconds=3, retry_condition_fn=transient_only)
@@ -460,12 +403,13 @@ def log_reevaluation(tracking_uri: str, mv: dict, dataset: dict, summary: dict, 
     """A new MLflow run (experiment pvq-vae-reevaluation) linked to the model version and its
     training run, with the metrics, the evaluation files and a regression flag (score dropped by
     more than ``tolerance_db`` from the score recorded at registration)."""
-    from pvq_model.evaluate import flat_metrics, primary_score
+    from pvq_model.eval.summary import flat_metrics, primary_score
+    from pvq_model.train.tracking import ensure_experiment
 
     from flows.common import EVAL_EXPERIMENT
 
     c = registry.client(tracking_uri)
-    exp = registry.ensure_experiment(c, EVAL_EXPERIMENT, None if is_server(tracking_uri) else local_artifact_root())
+    exp = ensure_experiment(c, EVAL_EXPERIMENT, None if is_server(tracking_uri) else local_artifact_root())
     score = primary_score(summary)
     recorded = float(mv["tags"].get(registry.SCORE_TAG, "nan"))
     regression = bool(recorded == recorded and score < recorded - tolerance_db)

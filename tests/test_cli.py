@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pvq_model.cli import app
+from flows.cli import app
 from pvq_model.demo import synthetic_clip
-from pvq_model.video_io import MediaError, read_video, write_video
+from pvq_model.eval.video_io import MediaError, read_video, write_video
 
 runner = CliRunner()
 

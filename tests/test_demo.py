@@ -5,7 +5,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from pvq_model.cli import app
+from flows.cli import app
 
 
 @pytest.mark.slow

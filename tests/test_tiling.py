@@ -61,7 +61,8 @@ def test_tiled_reconstruction_tolerance_with_fft(configs):
 @pytest.mark.slow
 def test_720p_clip_runs_in_bounded_memory(configs):
     """A 720p clip through tiled reconstruction on CPU: peak extra memory stays a small multiple of
-    the clip itself, far below the untiled activations. (1080p x 96 frames: benchmarks/tiled_memory.py.)"""
+    the clip itself, far below the untiled activations. (1080p x 96 frames, streamed from a file:
+    benchmarks/tiled_memory.py, case debug-1080p-96, bar 4 GiB peak RSS.)"""
     import resource
 
     torch.manual_seed(0)

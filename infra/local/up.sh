@@ -3,7 +3,7 @@
 #   - a Prefect server (API + UI), its database in PREFECT_HOME (default .cache/prefect)
 #   - an MLflow server: sqlite backend store + local artifact store (default .cache/mlflow)
 #   - a Prefect process worker on the work pool "pvq-process", with MLFLOW_TRACKING_URI set
-# then create the work pool, deploy prefect.yaml (all four deployments) and print the URLs.
+# then create the work pool, deploy prefect.yaml (all five deployments) and print the URLs.
 # Process ids, logs and an env file go to PVQ_SERVICES_DIR (default .cache/services);
 # infra/local/down.sh stops exactly those processes.
 #
@@ -143,6 +143,6 @@ echo "Prefect UI/API : http://127.0.0.1:$PREFECT_PORT   (API $PREFECT_API_URL)"
 echo "MLflow UI      : $MLFLOW_TRACKING_URI   (store $MLDIR)"
 echo "credentials    : user pvq, password in $STATE/secret (mode 0600); both servers answer 401 without them"
 echo "worker         : pool pvq-process, log $STATE/logs/prefect-worker.log"
-echo "deployments    : shard-data/shard-data refresh-shards/refresh-shards train-pvq/train-pvq reevaluate/reevaluate"
+echo "deployments    : shard-data/shard-data refresh-shards/refresh-shards train-pvq/train-pvq ablate/ablate reevaluate/reevaluate"
 echo "next           : source $STATE/env && prefect deployment run 'train-pvq/train-pvq'"
 echo "stop           : infra/local/down.sh"

@@ -10,6 +10,8 @@ power loss) is never picked up.
 A checkpoint is trusted input: DeepSpeed restores engine states with ``torch.load(weights_only=False)``,
 which runs code from the file. :func:`load` therefore refuses a checkpoint folder (or anything in it)
 that is not owned by the current user or is world-writable (:func:`check_trusted`).
+
+:func:`export_ema` writes the end product of a run: the consolidated EMA weights as a model directory.
 """
 
 from __future__ import annotations
@@ -173,3 +175,26 @@ def load(root: Path, tag: str, engine_g, engine_d, ema, rank: int) -> int:
         raise FileNotFoundError(f"{rng_file}: no RNG state for rank {rank}; resume with the same world size")
     set_rng_state(torch.load(rng_file, weights_only=True))
     return int(client["step"])
+
+
+def export_ema(cfg, ema, directory: Path, rank: int, extra: dict | None = None) -> Path:
+    """Consolidated fp32 EMA weights of ``ema`` (:class:`pvq_model.train.ema.EMA`) as a
+    ``PVQVAE.from_pretrained`` directory for ``cfg`` (rank 0 writes, through a temporary name; every
+    rank waits at the barrier so none times out)."""
+    from ..vae import PVQVAE
+
+    ema_state = ema.state_dict()  # a collective: the sharded EMA is gathered on every rank
+    if rank == 0:
+        model = PVQVAE(cfg)
+        state = model.state_dict()
+        state.update({k: v for k, v in ema_state.items() if k in state})
+        model.load_state_dict(state)
+        tmp = directory.with_name(directory.name + ".tmp")
+        model.save_pretrained(tmp, extra=extra)
+        if directory.exists():
+            import shutil
+
+            shutil.rmtree(directory)
+        tmp.rename(directory)
+    barrier()
+    return directory

@@ -10,9 +10,9 @@ import torch
 
 from data_prep.loader import make_loader, step_choice
 
-from ..augment import augment_
 from ..config import PVQConfig
 from ..demo import synthetic_clip
+from .augment import augment_
 
 
 def synthetic_batches(cfg: PVQConfig, rank: int, start_step: int) -> Iterator[dict]:
@@ -35,7 +35,7 @@ def training_batches(cfg: PVQConfig, rank: int, world_size: int, start_step: int
     """Micro-batches from ``start_step`` (a micro-step index) on; resumable without replay.
 
     With ``data.hflip`` / ``data.reverse``, each clip is mirrored / reversed by a draw from
-    (seed, micro-step, rank, index) (:mod:`pvq_model.augment`), so resuming stays exact."""
+    (seed, micro-step, rank, index) (:mod:`pvq_model.train.augment`), so resuming stays exact."""
     t = cfg.train
     if t.data_path is None:
         batches = synthetic_batches(cfg, rank, start_step)

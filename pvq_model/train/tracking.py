@@ -1,9 +1,9 @@
-"""Run metadata and MLflow logging (rank 0 only)."""
+"""Run metadata and MLflow logging (rank 0 only), and the one experiment-creation function
+(:func:`ensure_experiment`, also used by :mod:`flows.registry`)."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -43,6 +43,20 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def ensure_experiment(client, name: str, artifact_root: Path | None) -> str:
+    """The experiment id of ``name`` in ``client``'s store, created with ``artifact_root`` (for a
+    local store: so no artifact ever lands in ``./mlruns`` of the current directory) when it does
+    not exist."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if artifact_root is not None:
+        Path(artifact_root).mkdir(parents=True, exist_ok=True)
+        location = Path(artifact_root).resolve().as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
 class MLflowLogger:
     """Logs one training run: config, DeepSpeed config, git state, data version, seeds, package
     versions as params/tags/artifacts, then per-step metrics.
@@ -57,18 +71,12 @@ class MLflowLogger:
         without it MLflow would write ``./mlruns`` in the current directory). ``resume_run_id``: the
         run of an earlier (killed or stopped) attempt of the same run directory; it is set back to
         RUNNING and continued, so a resumed training is one MLflow run (a new run if it is gone)."""
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri)
         self.tracking_uri = tracking_uri
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            location = Path(artifact_root).resolve().as_uri() if artifact_root is not None else None
-            exp_id = self.client.create_experiment(experiment, artifact_location=location)
-        else:
-            exp_id = exp.experiment_id
+        exp_id = ensure_experiment(self.client, experiment, artifact_root)
         self.resumed = False
         if resume_run_id:
             try:
@@ -120,3 +128,50 @@ class MLflowLogger:
 
     def close(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+def open_run(cfg, out: Path, ds_config: dict, *, world: int, resumed_from: str | None,
+             data_version: str | None = None) -> MLflowLogger:
+    """Rank 0's MLflow run of the run directory ``out``, set up: the tracking URI is
+    ``train.mlflow_tracking_uri``, else ``MLFLOW_TRACKING_URI``, else ``out/mlflow.db``; a resumed
+    run (``resumed_from``: the checkpoint tag) continues its MLflow run when the store is the same
+    (one run per run directory, recorded in ``out/mlflow_run.json``); the config, DeepSpeed config
+    (also written to ``out/deepspeed_config.json``), git state, data version, seeds and package
+    versions are logged."""
+    import hashlib
+    import os
+
+    t = cfg.train
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "deepspeed_config.json").write_text(json.dumps(ds_config, indent=2))
+    uri = t.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+    local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
+    run_file = out / "mlflow_run.json"
+    store = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    prev = json.loads(run_file.read_text()) if resumed_from is not None and run_file.is_file() else {}
+    logger = MLflowLogger(uri, t.mlflow_experiment, run_name=f"{cfg.name}-{out.name}",
+                          artifact_root=out / "mlartifacts" if local else None,
+                          resume_run_id=prev.get("run_id") if prev.get("store") == store else None)
+    run_file.write_text(json.dumps({"run_id": logger.run_id, "store": store}))
+    tags = {**git_state(), **data_tags(t.data_path, data_version or t.data_version),
+            "seed": str(t.seed), "world_size": str(world), "resumed_from": resumed_from or "",
+            **{f"version.{k}": v for k, v in package_versions().items()}}
+    logger.log_setup(cfg.to_dict(), ds_config, tags)
+    return logger
+
+
+def data_tags(data_path: str | None, version: str | None = None) -> dict[str, str]:
+    """``data_path``, ``data_version`` (the dataset's LATEST unless given) and ``data_index_sha256``
+    (hash of that version's shard index, which lists every shard's sha256)."""
+    if data_path is None:
+        return {"data_path": "synthetic", "data_version": "synthetic", "data_index_sha256": ""}
+    import hashlib
+
+    from data_prep import manifest, storage
+
+    version = version or manifest.latest_version(data_path) or "none"
+    try:
+        digest = hashlib.sha256(storage.read_bytes(storage.join(data_path, version, "index.parquet"))).hexdigest()
+    except (OSError, storage.StorageError):
+        digest = ""
+    return {"data_path": str(data_path), "data_version": version, "data_index_sha256": digest}

@@ -10,6 +10,7 @@ import pytest
 
 from flows import registry, tasks
 from flows.common import DEFAULT_TRAIN_CONFIG, ParameterError
+from pvq_model.train.tracking import ensure_experiment
 
 
 def test_prepare_sources_expands_demo_and_rejects_missing(session_dir):
@@ -66,7 +67,7 @@ def test_retry_only_transient_errors():
     assert tasks.transient_only(None, None, state(OSError("s3 timeout"))) is True
     assert tasks.transient_only(None, None, state(ParameterError("bad"))) is False
     assert tasks.transient_only(None, None, state(FileNotFoundError("x"))) is False
-    from pvq_model.train.launch import LaunchError
+    from pvq_model.launch.geometry import LaunchError
 
     assert tasks.submission_only(None, None, state(LaunchError("sbatch failed"))) is True
     assert tasks.submission_only(None, None, state(RuntimeError("training exited with code 1"))) is False
@@ -95,7 +96,7 @@ def _logged_run(c, tiny_model, exp, tags=None, export=True):
 @pytest.fixture
 def registry_env(tracking_uri, tmp_path, shards):
     c = registry.client(tracking_uri)
-    exp = registry.ensure_experiment(c, "t", tmp_path / "artifacts")
+    exp = ensure_experiment(c, "t", tmp_path / "artifacts")
     dataset = tasks.check_dataset.fn(shards["output"])
     return c, exp, dataset
 
@@ -134,7 +135,7 @@ def test_register_and_promote_only_when_better(registry_env, tiny_model, trackin
 
 
 def test_champion_from_other_data_is_reevaluated_on_this_data(registry_env, tiny_model, tracking_uri, tmp_path):
-    from pvq_model.evaluate import evaluate
+    from pvq_model.eval.evaluate import evaluate
 
     c, exp, dataset = registry_env
     old = tasks.register_model.fn(tracking_uri, "m", _logged_run(c, tiny_model, exp), _summary(99.0),
@@ -186,15 +187,15 @@ def test_reevaluation_run_and_regression_flag(registry_env, tiny_model, tracking
 def test_import_run_copies_params_tags_metrics_and_artifacts(tmp_path, tiny_model):
     src_uri, dst_uri = f"sqlite:///{tmp_path / 'src.db'}", f"sqlite:///{tmp_path / 'dst.db'}"
     src = registry.client(src_uri)
-    exp = registry.ensure_experiment(src, "pvq-vae", tmp_path / "src-artifacts")
-    registry.ensure_experiment(registry.client(dst_uri), "pvq-vae", tmp_path / "dst-artifacts")
+    exp = ensure_experiment(src, "pvq-vae", tmp_path / "src-artifacts")
+    ensure_experiment(registry.client(dst_uri), "pvq-vae", tmp_path / "dst-artifacts")
     run = src.create_run(exp, tags={"git_commit": "abc"}).info.run_id
     src.log_param(run, "train.steps", "3")
     for step, v in enumerate([1.0, 0.5, 0.25]):
         src.log_metric(run, "loss", v, step=step)
     src.log_artifacts(run, str(tiny_model), "export")
     src.set_terminated(run)
-    new = tasks.import_run(src_uri, run, dst_uri)
+    new = registry.import_run(src_uri, run, dst_uri)
     dst = registry.client(dst_uri)
     got = dst.get_run(new)
     assert got.data.params == {"train.steps": "3"} and got.data.tags["git_commit"] == "abc"

@@ -1,8 +1,8 @@
 """The DeepSpeed trainer learns exactly like the plain loop.
 
 ``pvq_model.train.loop.train`` (ZeRO-3 engines, torch Adam as the client optimizer, DeepSpeed's
-clipping and WarmupDecayLR) and ``pvq_model.fit.fit_batches`` (plain torch) share one generator
-step, :func:`pvq_model.fit.generator_step`. Here both run on the same batches of
+clipping and WarmupDecayLR) and ``pvq_model.train.fit.fit_batches`` (plain torch) share one generator
+step, :func:`pvq_model.train.fit.generator_step`. Here both run on the same batches of
 ``pvq_model.train.data.training_batches`` (debug model, 64x64 x 16 frames, fp32, GAN off: it starts
 at step 100) and their per-step losses are compared.
 
@@ -47,10 +47,9 @@ import pytest
 import torch
 
 from pvq_model.config import load_config
-from pvq_model.fit import fit_batches, seed_everything
-from pvq_model.fit import lr_at as plain_lr_at
+from pvq_model.train.fit import fit_batches, seed_everything
+from pvq_model.train.fit import lr_at as plain_lr_at
 from pvq_model.train.data import training_batches
-from pvq_model.train.schedule import lr_at as trainer_lr_at
 from pvq_model.vae import PVQVAE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -171,8 +170,8 @@ def trainers(tmp_path_factory):
 
 @pytest.mark.parametrize("sets", [[], LONG, SHORT, ["train.lr=3e-4", "train.steps=37", "train.warmup_steps=7"]],
                          ids=["debug", "long", "short", "odd"])
-def test_plain_lr_schedule_is_the_trainers(sets):
-    """``fit.lr_at`` vs the trainer's WarmupDecayLR (``schedule.lr_at``) at warm-up, peak, decay and
+def test_plain_lr_schedule_is_the_trainers(sets, deepspeed_lr_at):
+    """``fit.lr_at`` vs the trainer's WarmupDecayLR (the ``deepspeed_lr_at`` fixture) at warm-up, peak, decay and
     past the end. Equal to 1e-15 relative (up to an ulp of float64: ``peak * s / w`` against
     DeepSpeed's ``peak * (s / w)``) and exactly once rounded to the fp32 the optimizer works in."""
     cfg = load_config(DEBUG, sets)
@@ -180,11 +179,11 @@ def test_plain_lr_schedule_is_the_trainers(sets):
     steps = sorted({0, 1, 2, 3, t.warmup_steps - 1, t.warmup_steps, t.warmup_steps + 1, t.steps // 2,
                     t.steps - 1, t.steps, t.steps + 3})
     for s in steps:
-        a, b = plain_lr_at(t, s), trainer_lr_at(cfg, s)
+        a, b = plain_lr_at(t, s), deepspeed_lr_at(cfg, s)
         assert a == pytest.approx(b, rel=1e-15, abs=0), s
         assert torch.tensor(a, dtype=torch.float32) == torch.tensor(b, dtype=torch.float32), s
-    assert plain_lr_at(t, 0) == trainer_lr_at(cfg, 0) == 0.0
-    assert trainer_lr_at(cfg, t.warmup_steps) == t.lr and trainer_lr_at(cfg, t.steps) == 0.0
+    assert plain_lr_at(t, 0) == deepspeed_lr_at(cfg, 0) == 0.0
+    assert deepspeed_lr_at(cfg, t.warmup_steps) == t.lr and deepspeed_lr_at(cfg, t.steps) == 0.0
 
 
 @pytest.mark.slow
@@ -202,7 +201,7 @@ def test_one_rank_trainer_equals_plain_loop(trainers, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(torch.nn.utils, "clip_grad_norm_", _clip_grad_norm_fp64)
         floor = _rel(_plain(LONG, 20), plain)
-    import pvq_model.fit as fit
+    import pvq_model.train.fit as fit
 
     with monkeypatch.context() as m:
         m.setattr(fit, "lr_at", lambda t, step, lr=None: plain_lr_at(t, max(step - 1, 0), lr))

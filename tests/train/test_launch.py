@@ -1,4 +1,4 @@
-"""Launcher command building (pvq_model.train.launch). The commands are checked by the parsers of
+"""Launcher command building (pvq_model.launch). The commands are checked by the parsers of
 the programs that run them (torchrun, the deepspeed runner, bash) and, in the slow tests, by running
 them inside infra/local/isolated.sh: the real trainer for `local` and `deepspeed`, a distributed
 probe for the exact environment each rank receives."""
@@ -15,8 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 from pvq_model.config import load_config
-from pvq_model.train import launch
-from pvq_model.train.launch import Geometry, LaunchError
+from pvq_model.launch import geometry, hostfile, memory, slurm
+from pvq_model.launch.cli import run
+from pvq_model.launch.geometry import Geometry, LaunchError
+from pvq_model.launch.plan import LaunchRequest, plan
+from pvq_model.train import ds_config
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -57,33 +60,33 @@ def srun_command(text: str) -> list[str]:
 # ------------------------------------------------------------------------------ geometry
 def test_default_geometry_follows_config_and_launcher():
     paper, debug = load_config(PAPER), load_config(DEBUG)
-    assert launch.default_geometry(paper, "slurm", None, None) == Geometry(8, 8)
-    assert launch.default_geometry(paper, "deepspeed", None, None).world_size == 64
-    assert launch.default_geometry(debug, "local", None, None) == Geometry(1, 2)
-    assert launch.default_geometry(debug, "slurm", 1, 2) == Geometry(2, 1)
-    assert launch.default_geometry(debug, "single", None, None) == Geometry(1, 1)
+    assert geometry.default_geometry(paper, "slurm", None, None) == Geometry(8, 8)
+    assert geometry.default_geometry(paper, "deepspeed", None, None).world_size == 64
+    assert geometry.default_geometry(debug, "local", None, None) == Geometry(1, 2)
+    assert geometry.default_geometry(debug, "slurm", 1, 2) == Geometry(2, 1)
+    assert geometry.default_geometry(debug, "single", None, None) == Geometry(1, 1)
     with pytest.raises(LaunchError, match="this machine only"):
-        launch.default_geometry(debug, "local", 2, 2)
+        geometry.default_geometry(debug, "local", 2, 2)
     with pytest.raises(LaunchError, match="unknown launcher"):
-        launch.default_geometry(debug, "mpirun", None, None)
+        geometry.default_geometry(debug, "mpirun", None, None)
 
 
 def test_geometry_overrides_keep_the_config_valid_and_the_batch_arithmetic():
     paper = load_config(PAPER)
-    assert launch.geometry_overrides(paper, Geometry(8, 8)) == []
-    extra = launch.geometry_overrides(paper, Geometry(1, 8))
+    assert geometry.geometry_overrides(paper, Geometry(8, 8)) == []
+    extra = geometry.geometry_overrides(paper, Geometry(1, 8))
     cfg = load_config(PAPER, extra)  # validates micro x accum x world == global
     t = cfg.train
     assert (t.nodes, t.gpus_per_node, t.world_size) == (1, 8, 8)
     assert t.global_batch == 4 * 4 * 8 == 128
-    p = launch.plan(DEBUG, ["train.steps=4"], Path("/tmp/unused"), "slurm", 1, 2, gpu=False, write_script=False)
+    p = plan(LaunchRequest(DEBUG, ["train.steps=4"], Path("/tmp/unused"), "slurm", 1, 2, gpu=False, write_script=False))
     assert p.overrides[0] == "train.steps=4"
     assert load_config(DEBUG, p.overrides).train.world_size == 2
 
 
 # ------------------------------------------------------------------------------ local
 def test_local_command_is_torchrun_standalone(tmp_path):
-    p = launch.plan(DEBUG, ["train.steps=4"], tmp_path / "run", "local", gpu=False)
+    p = plan(LaunchRequest(DEBUG, ["train.steps=4"], tmp_path / "run", "local", gpu=False))
     assert p.argv[:3] == [PYTHON, "-m", "torch.distributed.run"]
     a = torchrun_args(p.argv)
     assert a.standalone and a.nnodes == "1" and a.nproc_per_node == "2"
@@ -92,12 +95,12 @@ def test_local_command_is_torchrun_standalone(tmp_path):
     assert t.config == DEBUG.resolve() and t.out == (tmp_path / "run").resolve()
     assert t.overrides == ["train.steps=4"]
     assert p.backend == "gloo" and p.env == {"GLOO_SOCKET_IFNAME": "lo"}
-    assert launch.plan(DEBUG, [], tmp_path, "local", gpu=True).backend == "nccl"
+    assert plan(LaunchRequest(DEBUG, [], tmp_path, "local", gpu=True)).backend == "nccl"
     assert p.command.startswith("GLOO_SOCKET_IFNAME=lo ") and shlex.split(p.command)[1:] == p.argv
 
 
 def test_single_runs_the_entry_point_directly(tmp_path):
-    p = launch.plan(DEBUG, [], tmp_path, "single", gpu=False)
+    p = plan(LaunchRequest(DEBUG, [], tmp_path, "single", gpu=False))
     assert p.argv[:3] == [PYTHON, "-m", "pvq_model.train"]
     # one process: the recorded config says so and still validates
     cfg = load_config(DEBUG, p.overrides)
@@ -108,7 +111,7 @@ def test_single_runs_the_entry_point_directly(tmp_path):
 def test_deepspeed_command_parses_with_the_runner(tmp_path):
     from deepspeed.launcher.runner import fetch_hostfile, parse_args
 
-    p = launch.plan(PAPER, [], tmp_path, "deepspeed", hostfile=launch.HOSTFILE_EXAMPLE, gpu=True)
+    p = plan(LaunchRequest(PAPER, [], tmp_path, "deepspeed", hostfile=hostfile.HOSTFILE_EXAMPLE, gpu=True))
     assert p.argv[:3] == [PYTHON, "-m", "deepspeed.launcher.runner"]
     a = parse_args(p.argv[3:])
     assert (a.num_nodes, a.num_gpus, a.master_addr) == (8, 8, "worker-0")
@@ -117,12 +120,12 @@ def test_deepspeed_command_parses_with_the_runner(tmp_path):
     assert trainer_args(a.user_args).config == PAPER.resolve()
     pool = fetch_hostfile(a.hostfile)
     assert list(pool.items()) == [(f"worker-{i}", 8) for i in range(8)]
-    assert launch.read_hostfile(launch.HOSTFILE_EXAMPLE) == [(f"worker-{i}", 8) for i in range(8)]
+    assert hostfile.read_hostfile(hostfile.HOSTFILE_EXAMPLE) == [(f"worker-{i}", 8) for i in range(8)]
 
 
 def test_deepspeed_refuses_to_launch_on_the_example_hostfile(tmp_path, capsys):
-    assert launch.run(PAPER, [], tmp_path, "deepspeed", 0, 0, dry_run=False, hostfile=launch.HOSTFILE_EXAMPLE,
-                      gpu=True) == 2
+    assert run(LaunchRequest(PAPER, [], tmp_path, "deepspeed", hostfile=hostfile.HOSTFILE_EXAMPLE, gpu=True),
+               dry_run=False) == 2
     assert "placeholder hosts; pass --hostfile" in capsys.readouterr().err
     assert not (tmp_path / "launch").exists()
 
@@ -131,17 +134,17 @@ def test_deepspeed_hostfile_errors_name_the_problem(tmp_path):
     hf = tmp_path / "hostfile"
     hf.write_text("a slots=8\nb slots=4\n")
     with pytest.raises(LaunchError, match="2 host"):
-        launch.plan(PAPER, [], tmp_path, "deepspeed", hostfile=hf, gpu=True)
+        plan(LaunchRequest(PAPER, [], tmp_path, "deepspeed", hostfile=hf, gpu=True))
     with pytest.raises(LaunchError, match="b have fewer than 8 slots"):
-        launch.plan(PAPER, [], tmp_path, "deepspeed", 8, 2, hostfile=hf, gpu=True)
+        plan(LaunchRequest(PAPER, [], tmp_path, "deepspeed", 8, 2, hostfile=hf, gpu=True))
     hf.write_text("a 8\n")
     with pytest.raises(LaunchError, match=r"hostfile:1: expected 'HOST slots=N'"):
-        launch.read_hostfile(hf)
+        hostfile.read_hostfile(hf)
 
 
 # ------------------------------------------------------------------------------ slurm
 def test_sbatch_script_for_the_paper_run(tmp_path):
-    p = launch.plan(PAPER, [], tmp_path / "run", "slurm")
+    p = plan(LaunchRequest(PAPER, [], tmp_path / "run", "slurm"))
     text = p.script.read_text()
     assert text == p.script_text and "{{" not in text
     assert p.argv == ["sbatch", "--parsable", str(p.script)]
@@ -160,16 +163,16 @@ def test_sbatch_script_for_the_paper_run(tmp_path):
 
 
 def test_sbatch_script_packs_nodes_for_the_one_node_cluster(tmp_path):
-    p = launch.plan(DEBUG, ["train.steps=4"], tmp_path, "slurm", 1, 2, gpu=False, slurm_nodes=1,
-                    cpus_per_task=1, rdzv_host="127.0.0.1", rdzv_port=29577,
-                    env={"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"})
+    p = plan(LaunchRequest(DEBUG, ["train.steps=4"], tmp_path, "slurm", 1, 2, gpu=False, slurm_nodes=1,
+                           cpus_per_task=1, rdzv_host="127.0.0.1", rdzv_port=29577,
+                           env={"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}))
     d = sbatch_directives(p.script_text)
     assert (d["nodes"], d["ntasks"], d["ntasks-per-node"], d["cpus-per-task"]) == ("1", "2", "2", "1")
     assert "gpus-per-node" not in d
     assert "RDZV_HOST=127.0.0.1\n" in p.script_text and "RDZV_PORT=29577\n" in p.script_text
     assert "export GLOO_SOCKET_IFNAME=lo\n" in p.script_text
     with pytest.raises(LaunchError, match="do not split evenly"):
-        launch.plan(DEBUG, [], tmp_path, "slurm", 1, 3, gpu=False, slurm_nodes=2)
+        plan(LaunchRequest(DEBUG, [], tmp_path, "slurm", 1, 3, gpu=False, slurm_nodes=2))
     # the exports and the rendezvous line really run in bash: execute the script's prologue
     prologue = p.script_text.split("echo \"pvq:")[0]
     res = subprocess.run(["bash", "-c", prologue.replace("set -euo pipefail", "set -eu")
@@ -179,18 +182,18 @@ def test_sbatch_script_packs_nodes_for_the_one_node_cluster(tmp_path):
 
 
 def test_template_placeholders_must_all_be_filled():
-    assert launch.render_template("a {{X}} b", {"X": "1"}) == "a 1 b"
+    assert slurm.render_template("a {{X}} b", {"X": "1"}) == "a 1 b"
     with pytest.raises(LaunchError, match=r"missing values \['Y'\]"):
-        launch.render_template("{{X}}{{Y}}", {"X": "1"})
+        slurm.render_template("{{X}}{{Y}}", {"X": "1"})
     with pytest.raises(LaunchError, match=r"unknown \['Z'\]"):
-        launch.render_template("{{X}}", {"X": "1", "Z": "2"})
+        slurm.render_template("{{X}}", {"X": "1", "Z": "2"})
 
 
 # ------------------------------------------------------------------------------ DeepSpeed config
 def test_committed_paper_ds_config_is_the_builders_output():
-    committed = launch.PAPER_DS_CONFIG.read_text()
-    assert committed == launch.paper_ds_config_text(), \
-        "infra/deepspeed/zero3_paper.json is stale: python -m pvq_model.train.launch --write-ds-config"
+    committed = ds_config.PAPER_DS_CONFIG.read_text()
+    assert committed == ds_config.paper_ds_config_text(), \
+        "infra/deepspeed/zero3_paper.json is stale: python -m pvq_model.launch --write-ds-config"
     ds = json.loads(committed)
     assert ds["train_batch_size"] == 4 * 4 * 64 == 1024
     assert ds["zero_optimization"]["stage"] == 3
@@ -210,17 +213,17 @@ def test_count_params_on_meta_matches_a_real_model_and_deepspeed():
     real = PVQVAE(cfg)
     with torch.device("meta"):
         meta = PVQVAE(cfg)
-    assert launch.count_params(meta) == launch.count_params(real) == model_to_params(real)
+    assert memory.count_params(meta) == memory.count_params(real) == model_to_params(real)
 
 
 def test_dry_run_prints_the_command_and_zero3_memory(tmp_path, capsys):
-    rc = launch.run(PAPER, [], tmp_path / "run", "slurm", 0, 0, dry_run=True)
+    rc = run(LaunchRequest(PAPER, [], tmp_path / "run", "slurm"), dry_run=True)
     out = capsys.readouterr().out
     assert rc == 0
-    p = launch.plan(PAPER, [], tmp_path / "run", "slurm", write_script=False)
+    p = plan(LaunchRequest(PAPER, [], tmp_path / "run", "slurm", write_script=False))
     assert "  " + p.command + "\n" in out
     assert "#SBATCH --nodes=8" in out and "world size 64" in out
-    rows, _ = launch.memory_estimate(load_config(PAPER), Geometry(8, 8))
+    rows, _ = memory.memory_estimate(load_config(PAPER), Geometry(8, 8))
     gen, disc = rows
     assert gen.total_params > 100e6 and disc.total_params > 0
     for r in rows:  # ZeRO-3, no offload: 18 bytes per parameter sharded over 64 GPUs + largest layer
@@ -231,7 +234,7 @@ def test_dry_run_prints_the_command_and_zero3_memory(tmp_path, capsys):
 
 
 def test_bad_override_is_reported_not_launched(tmp_path, capsys):
-    rc = launch.run(DEBUG, ["train.nope=1"], tmp_path, "local", 0, 0, dry_run=False)
+    rc = run(LaunchRequest(DEBUG, ["train.nope=1"], tmp_path, "local"), dry_run=False)
     err = capsys.readouterr().err
     assert rc == 2 and "train.nope: unknown key" in err
     assert not (tmp_path / "launch").exists()
@@ -245,7 +248,7 @@ def test_launchers_give_each_rank_its_environment(launcher, isolated, probe_entr
     hf = tmp_path / "hostfile"
     hf.write_text("localhost slots=2\n")
     port = isolated.free_port()
-    res = isolated.run([PYTHON, "-m", "pvq_model.train.launch", "--config", DEBUG, "--out", out,
+    res = isolated.run([PYTHON, "-m", "pvq_model.launch", "--config", DEBUG, "--out", out,
                         "--launcher", launcher, "--cpu", "--entry", probe_entry, "--hostfile", hf,
                         "--master-port", port, "--set", "train.steps=4", "--timeout", 120], timeout=150)
     assert res.returncode == 0, res.stdout[-4000:]
@@ -268,7 +271,7 @@ def test_launchers_run_the_real_trainer(launcher, isolated, tmp_path):
     out = tmp_path / "run"
     hf = tmp_path / "hostfile"
     hf.write_text("localhost slots=2\n")
-    res = isolated.run([PYTHON, "-m", "pvq_model.train.launch", "--config", DEBUG, "--out", out,
+    res = isolated.run([PYTHON, "-m", "pvq_model.launch", "--config", DEBUG, "--out", out,
                         "--launcher", launcher, "--cpu", "--hostfile", hf, "--master-port", isolated.free_port(),
                         "--set", "train.steps=4", "--timeout", 200], timeout=240)
     assert res.returncode == 0, res.stdout[-6000:]

@@ -53,10 +53,10 @@ def test_mlflow_params_tags_and_config_have_no_credentials(tmp_path):
 
 
 def test_printed_launch_plan_has_no_credentials(tmp_path):
-    from pvq_model.train.launch import format_plan, plan
+    from pvq_model.launch.plan import LaunchRequest, format_plan, plan
 
-    p = plan(ROOT / "configs" / "debug.yaml", [], tmp_path / "run", "local", nproc=2, gpu=False,
-             env={"MLFLOW_TRACKING_URI": "http://alice:hunter2@127.0.0.1:5000"})
+    p = plan(LaunchRequest(ROOT / "configs" / "debug.yaml", [], tmp_path / "run", "local", nproc=2, gpu=False,
+                           env={"MLFLOW_TRACKING_URI": "http://alice:hunter2@127.0.0.1:5000"}))
     assert "hunter2" in p.command  # the command that runs keeps the real URI
     text = format_plan(p)
     assert "hunter2" not in text and "http://alice:***@127.0.0.1:5000" in text

@@ -1,6 +1,6 @@
 """The Slurm path for real: a one-node Slurm cluster from the Debian packages (munged, slurmctld,
 slurmd with a project-local slurm.conf; infra/local/slurm/) comes up inside the private network
-namespace of infra/local/isolated.sh; `python -m pvq_model.train.launch --launcher slurm` renders the
+namespace of infra/local/isolated.sh; `python -m pvq_model.launch --launcher slurm` renders the
 sbatch script for the debug config with 2 tasks as 2 "nodes" (srun + torchrun, c10d rendezvous on
 127.0.0.1), submits it and polls it to the end; the test then checks the job's exit code and the
 exported EMA weights, and that the daemons are gone afterwards (also when the test fails)."""
@@ -53,7 +53,7 @@ def slurm_state():
 
 
 def launch_argv(out: Path, port: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pvq_model.train.launch", "--config", str(DEBUG), "--out", str(out),
+    return [sys.executable, "-m", "pvq_model.launch", "--config", str(DEBUG), "--out", str(out),
             "--launcher", "slurm", "--cpu", "--nnodes", "2", "--nproc", "1", "--slurm-nodes", "1",
             "--cpus-per-task", "1", "--rdzv-host", "127.0.0.1", "--rdzv-port", str(port),
             "--env", "GLOO_SOCKET_IFNAME=lo", "--env", "OMP_NUM_THREADS=1",

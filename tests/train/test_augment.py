@@ -1,4 +1,4 @@
-"""Training-time augmentation (pvq_model.augment): exact flips and reversals, drawn reproducibly."""
+"""Training-time augmentation (pvq_model.train.augment): exact flips and reversals, drawn reproducibly."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import itertools
 
 import torch
 
-from pvq_model.augment import augment_, draw
+from pvq_model.train.augment import augment_, draw
 from pvq_model.config import load_config
 from pvq_model.train.data import training_batches
 

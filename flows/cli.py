@@ -1,8 +1,16 @@
-"""The ``pvq`` command line."""
+"""The ``pvq`` command line (the top layer: it may import every package below it).
+
+Every command imports what it runs inside its body, so ``pvq --help`` loads typer, rich and yaml
+only; the ``data`` sub-commands are :mod:`data_prep.cli`'s (torch-free). Telemetry switches of the
+libraries the commands use (MLflow, Ray) are set here, at the application's entry, never by the
+library functions: :func:`main` adds the missing :data:`pvq_common.env.LOCAL_ENV` settings to this
+process's environment before any command runs."""
 
 from __future__ import annotations
 
 import functools
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +21,15 @@ from rich.table import Table
 
 app = typer.Typer(help="PVQ-VAE: pyramidal vector-quantized video autoencoder.", no_args_is_help=True,
                   add_completion=False)
+
+
+@app.callback()
+def main() -> None:
+    """PVQ-VAE: pyramidal vector-quantized video autoencoder."""
+    from pvq_common.env import missing_local_env
+
+    os.environ.update(missing_local_env())  # the application's own process: no telemetry, loopback only
+
 console = Console()
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "debug.yaml"
@@ -21,8 +38,8 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "debug.yam
 def _load_model(config: Path | None, checkpoint: Path | None, overrides: list[str]):
     import torch
 
-    from .config import load_config
-    from .vae import PVQVAE
+    from pvq_model.config import load_config
+    from pvq_model.vae import PVQVAE
 
     if checkpoint is not None:
         model = PVQVAE.from_pretrained(checkpoint)
@@ -49,8 +66,8 @@ def _metrics_table(title: str, rows: list[tuple]) -> Table:
 @functools.lru_cache(maxsize=4)
 def _lpips(backbone: str | None, linear: str | None):
     """LPIPS for the configured weight files, loaded once per process (None when not configured)."""
-    from .config import LPIPSConfig
-    from .perceptual import build_lpips
+    from pvq_model.config import LPIPSConfig
+    from pvq_model.perceptual import build_lpips
 
     return build_lpips(LPIPSConfig(backbone_weights=backbone, linear_weights=linear))
 
@@ -58,14 +75,14 @@ def _lpips(backbone: str | None, linear: str | None):
 def reconstruct_file(model, src: Path, dst: Path, max_frames: int | None, tiled: bool):
     """Reconstruct one video/image file to ``dst`` (mp4); returns (row for the table, metrics).
 
-    Tiled (the default), the clip streams (pvq_model.stream): decoded from ffmpeg in chunks, encoded
+    Tiled (the default), the clip streams (pvq_model.eval.stream): decoded from ffmpeg in chunks, encoded
     and decoded in tiles and chunks, written and measured as chunks finish, in memory that does not
     grow with its length. Untiled, the whole clip is one tensor (small clips only)."""
     import torch
 
-    from .metrics import ClipMetrics, clip_metrics
-    from .stream import VideoFileSource, reconstruct_stream
-    from .video_io import read_video, to_tensor, to_uint8, write_video
+    from pvq_model.eval.stream import VideoFileSource, reconstruct_stream
+    from pvq_model.eval.video_io import read_video, to_tensor, to_uint8, write_video
+    from pvq_model.metrics import ClipMetrics, clip_metrics
 
     lpips = _lpips(model.cfg.lpips.backbone_weights, model.cfg.lpips.linear_weights)
     start = time.perf_counter()
@@ -99,8 +116,8 @@ def reconstruct(
     set_: list[str] = typer.Option([], "--set", help="config override key.path=value"),
 ):
     """Encode and decode a clip, write the reconstruction, print PSNR / SSIM / LPIPS."""
-    from .config import ConfigError
-    from .video_io import MediaError
+    from pvq_model.config import ConfigError
+    from pvq_model.eval.video_io import MediaError
 
     try:
         model = _load_model(config, checkpoint, set_)
@@ -121,8 +138,8 @@ def _fmt_bpp(bpp: float | None) -> str:
 def _presets_table(overrides: list[str]) -> Table:
     """One row per compression: configs/paper.yaml and every configs/presets/*.yaml, each with
     ``overrides`` applied."""
-    from .config import load_config
-    from .rates import REFERENCE_CLIP, bits_per_pixel, bits_per_token, compression_ratio
+    from pvq_model.config import load_config
+    from pvq_model.rates import REFERENCE_CLIP, bits_per_pixel, bits_per_token, compression_ratio
 
     t, h, w = REFERENCE_CLIP
     table = Table(title=f"configs/paper.yaml and configs/presets/*.yaml (bits per pixel at {w}x{h}, T={t})")
@@ -150,9 +167,9 @@ def info(
     resolution and frame count."""
     import torch
 
-    from .config import PAPER_FRAMES, PAPER_SCALES, ConfigError, load_config
-    from .rates import bits_per_pixel, describe, latent_shape
-    from .vae import PVQVAE
+    from pvq_model.config import PAPER_FRAMES, PAPER_SCALES, ConfigError, load_config
+    from pvq_model.rates import bits_per_pixel, describe, latent_shape
+    from pvq_model.vae import PVQVAE
 
     try:
         if all_presets:
@@ -192,7 +209,7 @@ def show_config(
     set_: list[str] = typer.Option([], "--set", help="config override key.path=value"),
 ):
     """Print the resolved, validated config."""
-    from .config import ConfigError, load_config
+    from pvq_model.config import ConfigError, load_config
 
     try:
         cfg = load_config(config, set_)
@@ -215,7 +232,7 @@ def train(
     no_resume: bool = typer.Option(False, help="ignore checkpoints already in --out"),
 ):
     """Train with DeepSpeed ZeRO-3 (generator + discriminator, EMA, checkpoints, MLflow)."""
-    from .config import ConfigError, load_config
+    from pvq_model.config import ConfigError, load_config
 
     try:
         cfg = load_config(config, set_)
@@ -224,16 +241,17 @@ def train(
         raise typer.Exit(2) from None
     out = out or Path("runs") / cfg.name
     if launcher != "none" or dry_run:
-        from .train.launch import run
+        from pvq_model.launch.cli import run
+        from pvq_model.launch.plan import LaunchRequest
 
         if max_steps or no_resume:
             console.print("[red]error:[/] --max-steps / --no-resume apply to --launcher none only")
             raise typer.Exit(2)
         if launcher == "none":  # a dry run of the config's own geometry
             launcher = "slurm" if cfg.train.nodes > 1 else "local"
-        raise typer.Exit(run(config, list(set_), out, launcher,
-                             nproc or None, nnodes or None, dry_run))
-    from .train.loop import train as train_loop
+        raise typer.Exit(run(LaunchRequest(config, list(set_), out, launcher, nproc or None, nnodes or None),
+                             dry_run))
+    from pvq_model.train.loop import train as train_loop
 
     result = train_loop(cfg, out, max_steps=max_steps or None, resume=not no_resume)
     console.print(f"trained to step {result.step}; EMA export: {result.export_dir}; MLflow run {result.run_id}")
@@ -243,28 +261,128 @@ def train(
 def demo(ctx: typer.Context):
     """The whole DAG on the embedded demo set (flows.demo): shard -> train -> evaluate -> register.
     Options: --steps N, --launcher single|local, --nproc N (see python -m flows.demo --help)."""
-    from flows.demo import main
+    from flows.demo import main as demo_main
 
-    raise typer.Exit(main(list(ctx.args)))
+    raise typer.Exit(demo_main(list(ctx.args)))
 
 
-def _mount_subcommands() -> None:
-    """Commands implemented beside their code (their imports stay lazy: none loads Prefect or Ray)."""
+@app.command("eval")
+def eval_(
+    model: str = typer.Option(..., "--model", help="model directory or models:/name@alias"),
+    data: str = typer.Option(..., "--data", help="shard dataset (pvq data shard output) or folder of videos/images"),
+    out: Path = typer.Option(None, "--out", help="write clips.parquet + summary.json here"),
+    split: str = typer.Option("val", help="shard split"),
+    version: str = typer.Option(None, help="dataset version (default LATEST)"),
+    untiled: bool = typer.Option(False, help="whole clips instead of tiles/chunks"),
+    max_frames: int = typer.Option(0, help="folder videos: at most this many frames (0 = all)"),
+    limit: int = typer.Option(0, help="evaluate at most this many clips (0 = all)"),
+):
+    """PSNR / SSIM / LPIPS on images and videos, per bucket and frame count; codebook usage."""
+    from pvq_model.eval.evaluate import eval_command
+
+    raise typer.Exit(eval_command(model, data, out, split, version, untiled, max_frames, limit))
+
+
+@app.command("report")
+def report_(
+    eval_dir: list[Path] = typer.Option(..., "--eval", help="pvq eval --out directory (repeat to compare)"),
+    out: Path = typer.Option(Path("report"), "--out", help="output directory"),
+    run: Path = typer.Option(None, "--run", help="training run directory (its mlflow.db gives the curves)"),
+    clips: int = typer.Option(4, help="clips shown"),
+    frames: int = typer.Option(4, help="frames shown per clip"),
+):
+    """A self-contained HTML page: frames, reconstructions, error maps, curves, codebook usage, table."""
+    from pvq_model.eval.report import build_report
+
+    try:
+        page = build_report(eval_dir, out, run, clips=clips, frames=frames)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    print(f"report: {page}")
+
+
+ABLATE_BASE = DEFAULT_CONFIG  # pvq_model.eval.ablate.DEBUG_CONFIG, named here without importing it
+
+
+@app.command("ablate")
+def ablate_(
+    configs: list[str] = typer.Option(..., "--configs", help="ablation YAMLs or a quoted glob (repeatable)"),
+    more: list[str] = typer.Argument(None, help="more ablation YAMLs (what an unquoted shell glob expands to)"),
+    data: str = typer.Option(..., "--data", help="shard dataset (pvq data shard output)"),
+    steps: int = typer.Option(40, "--steps", help="training steps per run"),
+    out: Path = typer.Option(Path("ablation"), "--out", help="output directory"),
+    split: str = typer.Option("val", help="evaluation split"),
+    bucket: list[str] = typer.Option(None, "--bucket", help="training bucket WxH (repeat; default: <=128x128)"),
+    seeds: int = typer.Option(1, "--seeds", help="seeds per variant: --seed, --seed + 1, ..."),
+    seed: int = typer.Option(42, "--seed", help="the first seed"),
+    base: Path = typer.Option(ABLATE_BASE, "--base", help="config the ablation keys apply on "
+                              "(configs/cpu.yaml: the CPU recipe at 128x128 x 16)"),
+    overrides: list[str] = typer.Option(None, "--set", help="key.path=value on every run (repeatable)"),
+    no_report: bool = typer.Option(False, help="skip the HTML report"),
+    jobs: int = typer.Option(1, "--jobs", help="trainings at once, each on cpu count / jobs threads"),
+):
+    """Train every ablation variant with the same data, seeds and budget; write the Table-1 comparison
+    (mean ± std over seeds) and whether each of the paper's orderings holds at this scale."""
+    from pvq_model.config import ConfigError
+    from pvq_model.eval.ablate import AblationError, ablate, expand_configs
+
+    files = expand_configs([*configs, *(more or [])])
+    try:
+        table = ablate(files, data, steps, out, split=split, buckets=bucket or None, seed=seed, seeds=seeds,
+                       base=base, extra_overrides=overrides or None, report=not no_report, jobs=jobs)
+    except (AblationError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    print(table)
+    print(f"written: {out / 'ablation.md'}, {out / 'ablation.json'}")
+
+
+@app.command("baseline")
+def baseline_(
+    model: Path = typer.Option(..., "--model", help="local diffusers autoencoder directory"),
+    data: str = typer.Option(..., "--data", help="shard dataset or folder of videos/images"),
+    out: Path = typer.Option(None, "--out", help="write clips.parquet + summary.json here"),
+    split: str = typer.Option("val", help="shard split"),
+    max_frames: int = typer.Option(0, help="folder videos: at most this many frames (0 = all)"),
+    limit: int = typer.Option(0, help="at most this many clips (0 = all)"),
+    name: str = typer.Option(None, help="row name in tables (default: the diffusers class)"),
+):
+    """Evaluate a diffusers video autoencoder (e.g. AutoencoderKLCogVideoX) on the same data as pvq eval."""
+    from pvq_model.eval.baselines import evaluate_baseline
+    from pvq_model.eval.summary import EvaluationError, format_summary
+
+    try:
+        res = evaluate_baseline(model, data, out, split=split, max_frames=max_frames or None,
+                                limit=limit or None, name=name)
+    except (EvaluationError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    print(format_summary(res.summary))
+
+
+@app.command("reproduce")
+def reproduce_(
+    model_uri: str = typer.Argument(..., help="models:/NAME@ALIAS or models:/NAME/VERSION"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the checkout and launch command only"),
+    launcher: str = typer.Option(None, help="single | local | slurm | deepspeed (default: from the config)"),
+    out: str = typer.Option(None, help="where the config and the new run go (default runs/reproduce-...)"),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default MLFLOW_TRACKING_URI)"),
+):
+    """Print (or run) the command that retrains a registered model."""
+    from flows.reproduce import reproduce_command
+
+    raise typer.Exit(reproduce_command(model_uri, dry_run, launcher, out, tracking_uri))
+
+
+def _mount_data() -> None:
+    """``pvq data ...``: data_prep's own typer app (its imports are lazy: it loads no Ray or torch)."""
     from data_prep.cli import app as data_app
-    from flows.reproduce import typer_command as reproduce_command
-
-    from . import ablate, baselines, report
-    from .evaluate import typer_command as eval_command
 
     app.add_typer(data_app, name="data", help="Shard, refresh and inspect datasets (Ray Data, webdataset).")
-    app.command("eval")(eval_command())
-    app.command("report")(report.typer_command())
-    app.command("ablate")(ablate.typer_command())
-    app.command("baseline")(baselines.typer_command())
-    app.command("reproduce")(reproduce_command())
 
 
-_mount_subcommands()
+_mount_data()
 
 if __name__ == "__main__":
     app()

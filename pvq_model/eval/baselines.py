@@ -1,5 +1,5 @@
 """Peer baselines: evaluate a diffusers video autoencoder (e.g. ``AutoencoderKLCogVideoX``) on the same
-data and with the same metrics as :func:`pvq_model.evaluate.evaluate`, so the report can place PVQ-VAE
+data and with the same metrics as :func:`pvq_model.eval.evaluate.evaluate`, so the report can place PVQ-VAE
 beside it (``build_report([pvq_eval, baseline_eval], ...)``).
 
 The model is loaded from a local diffusers directory (``config.json`` + weights; nothing is
@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .evaluate import EvalResult, EvaluationError, aggregate, group, is_shard_dataset, iter_clips, write_results
-from .metrics import clip_metrics
+from ..metrics import clip_metrics
+from .evaluate import EvalResult, is_shard_dataset, iter_clips
+from .summary import EvaluationError, aggregate, group, write_results
 
 
 def load_diffusers_autoencoder(path: str | Path, class_name: str | None = None, dtype=torch.float32):
@@ -100,32 +101,3 @@ def evaluate_baseline(model_path: str | Path, data: str | Path, out: str | Path 
     if out is not None:
         write_results(rows, summary, out)
     return EvalResult(summary, rows, Path(out) if out is not None else None)
-
-
-def typer_command():
-    """``pvq baseline``: a typer command function; register with ``app.command("baseline")(typer_command())``."""
-    import sys
-
-    import typer
-
-    def baseline_(
-        model: Path = typer.Option(..., "--model", help="local diffusers autoencoder directory"),
-        data: str = typer.Option(..., "--data", help="shard dataset or folder of videos/images"),
-        out: Path = typer.Option(None, "--out", help="write clips.parquet + summary.json here"),
-        split: str = typer.Option("val", help="shard split"),
-        max_frames: int = typer.Option(0, help="folder videos: at most this many frames (0 = all)"),
-        limit: int = typer.Option(0, help="at most this many clips (0 = all)"),
-        name: str = typer.Option(None, help="row name in tables (default: the diffusers class)"),
-    ):
-        """Evaluate a diffusers video autoencoder (e.g. AutoencoderKLCogVideoX) on the same data as pvq eval."""
-        from .evaluate import format_summary
-
-        try:
-            res = evaluate_baseline(model, data, out, split=split, max_frames=max_frames or None,
-                                    limit=limit or None, name=name)
-        except (EvaluationError, FileNotFoundError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            raise typer.Exit(2) from None
-        print(format_summary(res.summary))
-
-    return baseline_

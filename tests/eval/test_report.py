@@ -1,4 +1,4 @@
-"""pvq_model.report: figures on known inputs, MLflow curves read back exactly, and a full report of a
+"""pvq_model.eval.report: figures on known inputs, MLflow curves read back exactly, and a full report of a
 tiny model evaluated on generated clips (HTML parses, every link resolves, PNGs have the expected
 sizes, the table carries the evaluation's numbers)."""
 
@@ -14,10 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pvq_model import report as rp
-from pvq_model.ablate import read_mlflow_metrics
+from pvq_model.eval import report as rp
+from pvq_model.eval import tables
+from pvq_model.eval.curves import read_metrics
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -81,12 +82,12 @@ def run_dir(tmp_path_factory) -> Path:
     return d
 
 
-def test_read_mlflow_metrics_exact(run_dir):
-    m = read_mlflow_metrics(run_dir / "mlflow.db")
+def test_read_metrics_exact(run_dir):
+    m = read_metrics(run_dir / "mlflow.db")
     assert set(m) == {"loss", "recon", "quant/usage"}
     assert m["loss"] == [(s, pytest.approx(1.0 / (s + 1))) for s in range(6)]
-    assert read_mlflow_metrics(run_dir / "mlflow.db", ("recon",))["recon"][-1] == (5, pytest.approx(0.5 / 6))
-    assert read_mlflow_metrics(run_dir / "missing.db") == {}
+    assert read_metrics(run_dir / "mlflow.db", ("recon",))["recon"][-1] == (5, pytest.approx(0.5 / 6))
+    assert read_metrics(run_dir / "missing.db") == {}
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +95,9 @@ def evaluated(tmp_path_factory):
     """A random debug model evaluated on two generated videos and one image (folder input)."""
     from pvq_model.config import load_config
     from pvq_model.demo import synthetic_clip
-    from pvq_model.evaluate import evaluate
+    from pvq_model.eval.evaluate import evaluate
     from pvq_model.vae import PVQVAE
-    from pvq_model.video_io import write_video
+    from pvq_model.eval.video_io import write_video
 
     root = tmp_path_factory.mktemp("report")
     media = root / "media"
@@ -136,7 +137,7 @@ def test_report_renders_and_links_resolve(evaluated, run_dir):
             assert np.asarray(im).std() > 0  # not a blank image
     assert clips["c_image.png"]["video"] is None
     for key in ("a_64x64.mp4", "b_96x64.mp4"):  # side-by-side mp4: 2 W x H, every real frame
-        from pvq_model.video_io import read_video
+        from pvq_model.eval.video_io import read_video
 
         frames, _ = read_video(out / clips[key]["video"])
         assert frames.shape[0] == 16 and frames.shape[2] == 2 * expected[key][1] // 4
@@ -172,7 +173,7 @@ def test_metrics_table_marks_missing_kinds_and_names_rows(evaluated):
     root, res = evaluated
     s = dict(res.summary)
     s["images"] = {"clips": 0, "frames": 0, "psnr": None, "ssim": None, "lpips": None}
-    rows = rp.metrics_table([s, res.summary], names=["only videos", "all"])
+    rows = tables.metrics_table([s, res.summary], names=["only videos", "all"])
     assert rows[1][:6] == ["only videos", "65536", "16", "n/a", "n/a", "n/a"]
     assert rows[4][0] == "all" and rows[4][3] == f"{res.summary['images']['psnr']:.2f}"  # after 2 baseline rows
 
@@ -191,7 +192,7 @@ def test_metrics_table_shows_the_baselines_under_each_model():
                                       "videos": _part(2, 23.875, 0.675), "margin_db": 4.75, "block": [4, 8, 8]}}}
     older = {"method_info": {**info, "method": "VQ"}, "images": _part(1, 20.0, 0.5), "videos": _part(0, None, None),
              "overall": _part(1, 20.0, 0.5)}  # an older summary: no baselines
-    rows = rp.metrics_table([model, older])
+    rows = tables.metrics_table([model, older])
     assert rows[0] == ["Method", "Codebook size", "Dim", "Img PSNR", "Img SSIM", "Img LPIPS", "Vid PSNR", "Vid SSIM",
                        "Vid LPIPS", "Margin (dB)"]
     assert rows[1:] == [
@@ -199,16 +200,16 @@ def test_metrics_table_shows_the_baselines_under_each_model():
         ["mean colour (same clips)", "-", "-", "12.00", "0.2500", "absent", "10.50", "0.1750", "absent", "+18.00"],
         ["pooled 4x8x8 (same clips)", "-", "-", "25.00", "0.7500", "absent", "23.88", "0.6750", "absent", "+4.75"],
         ["VQ", "65536", "16", "20.00", "0.5000", "absent", "n/a", "n/a", "n/a", ""]]
-    assert rp.markdown_table(rows).splitlines()[4] == (
+    assert tables.markdown_table(rows).splitlines()[4] == (
         "| pooled 4x8x8 (same clips) | - | - | 25.00 | 0.7500 | absent | 23.88 | 0.6750 | absent | +4.75 |")
     model["baselines"]["pooled"]["margin_db"] = None  # the model had no PSNR to compare
-    assert rp.metrics_table([model])[3][-1] == "n/a"
+    assert tables.metrics_table([model])[3][-1] == "n/a"
     # several evaluations of one method (seeds): mean ± sample std (ddof=1)
     seeds = [_part(1, 30.0, 0.9), _part(1, 31.0, 0.92), _part(0, None, None)]  # the last: no clips of this kind
-    assert rp.metric_cell(seeds, "psnr", 2) == "30.50 ± 0.71"
-    assert rp.metric_cell([_part(1, 30.0, 0.9), _part(1, 31.0, 0.92)], "lpips", 4) == "absent"
-    assert rp.metric_cell([{}, _part(0, None, None)], "psnr", 2) == "n/a"
-    assert rp.mean_std([2.0]) == (2.0, None) and rp.mean_std([1.0, 3.0]) == (2.0, pytest.approx(2 ** 0.5))
+    assert tables.metric_cell(seeds, "psnr", 2) == "30.50 ± 0.71"
+    assert tables.metric_cell([_part(1, 30.0, 0.9), _part(1, 31.0, 0.92)], "lpips", 4) == "absent"
+    assert tables.metric_cell([{}, _part(0, None, None)], "psnr", 2) == "n/a"
+    assert tables.mean_std([2.0]) == (2.0, None) and tables.mean_std([1.0, 3.0]) == (2.0, pytest.approx(2 ** 0.5))
 
 
 def test_report_errors_name_the_missing_evaluation(tmp_path):
@@ -219,13 +220,11 @@ def test_report_errors_name_the_missing_evaluation(tmp_path):
 
 
 def test_typer_command_writes_the_page(evaluated, run_dir):
-    import typer
     from typer.testing import CliRunner
 
+    from flows.cli import app
+
     root, _ = evaluated
-    app = typer.Typer()
-    app.command("report")(rp.typer_command())
-    app.command("noop")(lambda: None)
     res = CliRunner().invoke(app, ["report", "--eval", str(root / "eval"), "--out", str(root / "cli"),
                                    "--run", str(run_dir), "--clips", "1"])
     assert res.exit_code == 0, res.output

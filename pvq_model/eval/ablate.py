@@ -15,7 +15,7 @@ evaluate each EMA export, and write the comparison with the seed spread.
   run whose ``result.json`` already reports the full step budget is not trained again (re-running
   the harness after an interruption only trains what is missing). Runs go seed by seed (every
   variant at the first seed, then the next seed), so an interrupted run has a whole table early.
-* Each EMA export is evaluated with :func:`pvq_model.evaluate.evaluate` on the ``split`` of the same
+* Each EMA export is evaluated with :func:`pvq_model.eval.evaluate.evaluate` on the ``split`` of the same
   shard dataset.
 * The table gives mean ± std over the seeds (sample std, ddof=1; one seed: the value) and the
   baselines measured on the same validation clips (mean colour, pooled); :data:`PAPER_ORDERINGS`
@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -46,12 +45,11 @@ from typing import NamedTuple
 
 import yaml
 
-from .report import TABLE1_COLUMNS, baseline_label, markdown_table, mean_std, metric_cell, metric_cells
+from .curves import plot_curves
+from .tables import baseline_label, markdown_table, mean_std, method_label, metric_cell, table1_header, table1_row
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEBUG_CONFIG = ROOT / "configs" / "debug.yaml"
-METHOD_NAMES = {"vq": "VQ", "gvq": "GVQ", "lfq": "LFQ", "rvq": "RVQ", "psvq": "PSVQ", "rvq_lfq": "RVQ + LFQ",
-                "pvq": "PVQ"}
 BRANCH_VARIANTS = ("pvq", "no_fft", "no_dwt", "no_fft_dwt")
 TABLE_ORDER = ("vq", "gvq", "lfq", "rvq", "psvq", "rvq_lfq", "pvq", "no_fft", "no_dwt", "no_fft_dwt")
 SMALL_BUCKET_PIXELS = 128 * 128
@@ -97,13 +95,6 @@ def expand_configs(items: list[str]) -> list[Path]:
         hits = sorted(glob.glob(str(item))) if any(c in str(item) for c in "*?[") else [str(item)]
         out += [Path(h) for h in hits]
     return out
-
-
-def method_label(cfg) -> str:
-    """"PVQ", "RVQ + LFQ", "PVQ w/o FFT", "PVQ w/o FFT, DWT" ... from a resolved config."""
-    name = METHOD_NAMES.get(cfg.quantizer.type, cfg.quantizer.type.upper())
-    off = [b for b, on in (("FFT", cfg.model.encoder.fft), ("DWT", cfg.model.encoder.dwt)) if not on]
-    return f"{name} w/o {', '.join(off)}" if off else name
 
 
 def small_buckets(data: str) -> list[str]:
@@ -153,76 +144,6 @@ def train_variant(overrides: list[str], run_dir: Path, steps: int, timeout_s: fl
     return json.loads(result_file.read_text())
 
 
-def read_mlflow_metrics(db: str | Path, keys: tuple[str, ...] | None = None) -> dict[str, list[tuple[int, float]]]:
-    """Per-step metrics of the (latest) run in a local MLflow sqlite store: ``{key: [(step, value)]}``.
-    Read with sqlite3 directly (no MLflow import, nothing written)."""
-    db = Path(db)
-    if not db.is_file():
-        return {}
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        run = con.execute("SELECT run_uuid FROM runs ORDER BY start_time DESC LIMIT 1").fetchone()
-        if run is None:
-            return {}
-        rows = con.execute("SELECT key, step, value, timestamp FROM metrics WHERE run_uuid = ? "
-                           "ORDER BY key, step, timestamp", (run[0],)).fetchall()
-    finally:
-        con.close()
-    out: dict[str, dict[int, float]] = {}
-    for key, step, value, _ in rows:
-        if keys is None or key in keys:
-            out.setdefault(key, {})[int(step)] = float(value)  # a resumed step keeps its latest value
-    return {k: sorted(v.items()) for k, v in out.items()}
-
-
-def smooth(values: list[float], window: int) -> list[float]:
-    if window <= 1:
-        return values
-    out, acc = [], 0.0
-    for i, v in enumerate(values):
-        acc += v
-        if i >= window:
-            acc -= values[i - window]
-        out.append(acc / min(i + 1, window))
-    return out
-
-
-CURVE_KEYS = ("train/psnr", "train/ssim", "loss")  # the paper's Fig. 1 (PSNR, SSIM) and Fig. 2 (loss)
-
-
-def plot_curves(runs: dict[str, Path], path: Path, keys: tuple[str, ...] = CURVE_KEYS,
-                title: str = "training curves") -> Path | None:
-    """One panel per metric key, one line per run (moving average over ~10 % of the steps)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series = {name: read_mlflow_metrics(Path(d) / "mlflow.db", keys) for name, d in runs.items()}
-    series = {n: s for n, s in series.items() if s}
-    if not series:
-        return None
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 3.8), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        for name, s in series.items():
-            pts = s.get(key, [])
-            if pts:
-                steps, vals = zip(*pts)
-                ax.plot(steps, smooth(list(vals), max(1, len(vals) // 10)), label=name)
-        ax.set_xlabel("step")
-        ax.set_ylabel(key)
-        if not key.startswith("train/") and all(v > 0 for s in series.values() for _, v in s.get(key, [])):
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 # ---------------------------------------------------------------------------------------------
 # the table
 # ---------------------------------------------------------------------------------------------
@@ -252,7 +173,7 @@ class VariantResult:
     baselines: dict = field(default_factory=dict)
 
 
-TABLE_HEADER = ["Method", "Codebook size", "Dim", "Seeds", *TABLE1_COLUMNS, "PSNR (all)"]
+TABLE_HEADER = table1_header("PSNR (all)", seeds=True)
 PARTS = ("images", "videos", "overall")
 METRICS = ("psnr", "ssim", "lpips")
 
@@ -301,15 +222,16 @@ def table_rows(results: list[VariantResult]) -> list[list[str]]:
     rows = [list(TABLE_HEADER)]
     for runs in group_runs(results).values():
         ok = [r for r in runs if not r.error]
-        head = [runs[0].method, str(runs[0].codebook_size), str(runs[0].dim)]
+        r0 = runs[0]
         if not ok:
-            rows.append(head + [f"failed: {runs[0].error[:60]}"] + [""] * (len(TABLE_HEADER) - 4))
+            rows.append([r0.method, str(r0.codebook_size), str(r0.dim), f"failed: {r0.error[:60]}"]
+                        + [""] * (len(TABLE_HEADER) - 4))
             continue
         seeds = str(len(ok)) if len(ok) == len(runs) else f"{len(ok)} of {len(runs)}"
-        rows.append(head + [seeds, *metric_cells([vars(r) for r in ok]),
-                            metric_cell([r.overall for r in ok], "psnr", 2)])
+        rows.append(table1_row(r0.method, r0.codebook_size, r0.dim, [vars(r) for r in ok],
+                               metric_cell([r.overall for r in ok], "psnr", 2), seeds=seeds))
     for label, b in shared_baselines(results).items():
-        rows.append([label, "-", "-", "-", *metric_cells([b]), metric_cell([b.get("overall", {})], "psnr", 2)])
+        rows.append(table1_row(label, "-", "-", [b], metric_cell([b.get("overall", {})], "psnr", 2), seeds="-"))
     return rows
 
 
@@ -453,7 +375,7 @@ def resolve_variant(config: str | Path, common: list[str], base: str | Path = DE
     """(variant, overrides, resolved config) of one ablation file on ``base``: the file's own keys,
     then ``common``, then the one-process geometry. Loading validates it (a bad key raises
     :class:`pvq_model.config.ConfigError` naming the key) before anything trains."""
-    from .config import load_config
+    from ..config import load_config
 
     variant, own = variant_overrides(config)
     overrides = own + list(common)
@@ -554,9 +476,9 @@ def write_outputs(results: list[VariantResult], out: str | Path, *, steps: int, 
     runs = {v: Path(r.run_dir) for v, r in firsts.items()}  # curves and report: each variant's first seed
     branch = {v: p for v, p in runs.items() if v in BRANCH_VARIANTS}
     curves = {}
-    if branch and plot_curves(branch, out / "curves_fft_dwt.png", title="FFT/DWT branch ablation"):
+    if branch and plot_curves(branch, out / "curves_fft_dwt.png", title="FFT/DWT branch ablation", log_keys=("loss",)):
         curves["fft_dwt"] = "curves_fft_dwt.png"
-    if runs and plot_curves(runs, out / "curves_all.png", title="all variants"):
+    if runs and plot_curves(runs, out / "curves_all.png", title="all variants", log_keys=("loss",)):
         curves["all"] = "curves_all.png"
     page = md + "".join(f"\n![{k} curves]({v})\n" for k, v in curves.items())
     page += f"\nWall time: {wall_s:.0f} s for {len(results)} runs ({len(groups)} variants x {len(seeds)} seeds).\n"
@@ -608,43 +530,3 @@ def ablate(configs: list[str | Path], data: str | Path, steps: int, out: str | P
         results = [f.result() for f in futures]
     return write_outputs(results, out, steps=steps, data=data, split=split, buckets=buckets,
                          wall_s=time.perf_counter() - t_all, base=base, report=report)
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI (mount as `pvq ablate`)
-# ---------------------------------------------------------------------------------------------
-def typer_command():
-    """``pvq ablate``: a typer command function; register with ``app.command("ablate")(typer_command())``."""
-    import typer
-
-    def ablate_(
-        configs: list[str] = typer.Option(..., "--configs", help="ablation YAMLs or a quoted glob (repeatable)"),
-        more: list[str] = typer.Argument(None, help="more ablation YAMLs (what an unquoted shell glob expands to)"),
-        data: str = typer.Option(..., "--data", help="shard dataset (pvq data shard output)"),
-        steps: int = typer.Option(40, "--steps", help="training steps per run"),
-        out: Path = typer.Option(Path("ablation"), "--out", help="output directory"),
-        split: str = typer.Option("val", help="evaluation split"),
-        bucket: list[str] = typer.Option(None, "--bucket", help="training bucket WxH (repeat; default: <=128x128)"),
-        seeds: int = typer.Option(1, "--seeds", help="seeds per variant: --seed, --seed + 1, ..."),
-        seed: int = typer.Option(42, "--seed", help="the first seed"),
-        base: Path = typer.Option(DEBUG_CONFIG, "--base", help="config the ablation keys apply on "
-                                  "(configs/cpu.yaml: the CPU recipe at 128x128 x 16)"),
-        overrides: list[str] = typer.Option(None, "--set", help="key.path=value on every run (repeatable)"),
-        no_report: bool = typer.Option(False, help="skip the HTML report"),
-        jobs: int = typer.Option(1, "--jobs", help="trainings at once, each on cpu count / jobs threads"),
-    ):
-        """Train every ablation variant with the same data, seeds and budget; write the Table-1 comparison
-        (mean ± std over seeds) and whether each of the paper's orderings holds at this scale."""
-        from .config import ConfigError
-
-        files = expand_configs([*configs, *(more or [])])
-        try:
-            table = ablate(files, data, steps, out, split=split, buckets=bucket or None, seed=seed, seeds=seeds,
-                           base=base, extra_overrides=overrides or None, report=not no_report, jobs=jobs)
-        except (AblationError, ConfigError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            raise typer.Exit(2) from None
-        print(table)
-        print(f"written: {out / 'ablation.md'}, {out / 'ablation.json'}")
-
-    return ablate_

@@ -1,4 +1,4 @@
-"""pvq_model.ablate: ablation files become overrides of the base config (their own keys only) with a
+"""pvq_model.eval.ablate: ablation files become overrides of the base config (their own keys only) with a
 one-process geometry that keeps the global batch, the Table-1 markdown (mean ± std over seeds,
 baseline rows) and the paper's orderings on known numbers, and the harness end to end on 2 variants
 x 2 seeds x 2 steps."""
@@ -6,7 +6,6 @@ x 2 seeds x 2 steps."""
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -14,10 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pvq_model import ablate as ab
+from pvq_model.eval import ablate as ab
+from pvq_model.eval import tables
 from pvq_model.config import load_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ABLATIONS = ROOT / "configs" / "ablations"
 DEBUG = load_config(ROOT / "configs" / "debug.yaml")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -44,7 +44,7 @@ def test_every_ablation_applies_on_the_debug_width():
     for f in files:
         name, overrides = ab.variant_overrides(f)
         cfg = load_config(ROOT / "configs" / "debug.yaml", overrides)
-        assert (ab.method_label(cfg), cfg.quantizer.codebook_size, cfg.quantizer.dim) == expected[name]
+        assert (tables.method_label(cfg), cfg.quantizer.codebook_size, cfg.quantizer.dim) == expected[name]
         # debug widths, not the paper's: only the file's own keys differ from configs/debug.yaml
         assert cfg.model.encoder.channels == DEBUG.model.encoder.channels == [8, 16, 16, 32, 32]
         assert cfg.model.decoder.channels == DEBUG.model.decoder.channels
@@ -181,30 +181,8 @@ def test_ablate_rejects_bad_inputs(tmp_path):
         ab.ablate([ABLATIONS / "pvq.yaml"], tmp_path, 2, tmp_path / "out", jobs=0)
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> str:
-    """The embedded demo set sharded once (train + val splits)."""
-    for k, v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true",
-                 "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}.items():
-        os.environ.setdefault(k, v)
-    from data_prep.config import load_shard_config
-    from data_prep.samples import make_demo_set
-    from data_prep.shard import shard
-
-    root = tmp_path_factory.mktemp("ablate-data")
-    demo = make_demo_set(root / "sources")
-    shard([str(demo.csv), str(demo.coco_json)], str(root / "shards"),
-          load_shard_config(ROOT / "configs" / "shard" / "demo.yaml",
-                            ["ray.num_cpus=1", "ray.object_store_memory=1073741824"]))
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    return str(root / "shards")
-
-
 def _cell(values, digits):
-    """mean ± sample std, computed here independently of pvq_model.report."""
+    """mean ± sample std, computed here independently of pvq_model.eval.tables."""
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
@@ -296,12 +274,9 @@ def test_a_run_dir_trained_with_other_settings_is_not_reused(tmp_path):
 
 
 def test_typer_command_parses_globs_and_reports_bad_data(tmp_path):
-    import typer
     from typer.testing import CliRunner
 
-    app = typer.Typer()
-    app.command("ablate")(ab.typer_command())
-    app.command("noop")(lambda: None)  # two commands: `ablate` is a subcommand, as under `pvq`
+    from flows.cli import app
     runner = CliRunner()
     # what an unquoted shell glob expands to: the first file after --configs, the rest positional
     res = runner.invoke(app, ["ablate", "--configs", str(ABLATIONS / "pvq.yaml"), str(ABLATIONS / "vq.yaml"),

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .metrics import frame_psnr, frame_ssim
+from ..metrics import frame_psnr, frame_ssim
 
 READ_CHUNK = 8
 """Frames per read from ffmpeg's pipe."""
@@ -105,7 +105,7 @@ class VideoFileSource:
 
     @staticmethod
     def to_float(raw: np.ndarray) -> Tensor:
-        """(n, h, w, 3) uint8 -> (1, 3, n, h, w) float in [-1, 1] (as :func:`pvq_model.video_io.to_tensor`)."""
+        """(n, h, w, 3) uint8 -> (1, 3, n, h, w) float in [-1, 1] (as :func:`pvq_model.eval.video_io.to_tensor`)."""
         x = torch.from_numpy(np.array(raw, copy=True)).float().div(127.5).sub(1.0)
         return x.permute(3, 0, 1, 2).unsqueeze(0)
 
@@ -246,7 +246,7 @@ def _interp_matrix(n_in: int, n_out: int, dtype=torch.float64) -> Tensor:
 
 
 class Baselines:
-    """The mean-colour and pooled baselines of :mod:`pvq_model.naive` of a clip seen chunk by chunk:
+    """The mean-colour and pooled baselines of :mod:`pvq_model.eval.naive` of a clip seen chunk by chunk:
     pass 1 (:meth:`observe`) accumulates the clip's mean colour and its block averages (a grid the
     size of the latent, 3 channels); pass 2 (:meth:`compare`) rebuilds the baseline frames of each
     chunk (trilinear upsampling by separable interpolation matrices) and measures them."""
@@ -315,7 +315,7 @@ class Baselines:
 # ---------------------------------------------------------------------------------------------
 class VideoWriter:
     """An H.264 mp4 written frame chunk by frame chunk through ffmpeg's stdin (the settings of
-    :func:`pvq_model.video_io.write_video`: yuv420p, odd sizes padded by one)."""
+    :func:`pvq_model.eval.video_io.write_video`: yuv420p, odd sizes padded by one)."""
 
     def __init__(self, path, width: int, height: int, fps: float = 25.0, crf: int = 16):
         import ffmpeg
@@ -351,7 +351,7 @@ class VideoWriter:
 
 
 def to_uint8_frames(y: Tensor) -> np.ndarray:
-    """(1, C, n, H, W) float in [-1, 1] -> (n, H, W, C) uint8 (as :func:`pvq_model.video_io.to_uint8`)."""
+    """(1, C, n, H, W) float in [-1, 1] -> (n, H, W, C) uint8 (as :func:`pvq_model.eval.video_io.to_uint8`)."""
     return ((y[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).cpu().numpy()
 
 
@@ -380,7 +380,7 @@ def chunk_borders(model, frames: int) -> list[int]:
     """Output frames where a temporal decode chunk's window begins or ends inside a clip of
     ``frames`` frames decoded by ``model`` (a :class:`pvq_model.vae.PVQVAE`, or its config): where a
     seam could show. Empty when the clip is decoded whole in time."""
-    from .tiling import axis_plan
+    from ..tiling import axis_plan
 
     cfg = getattr(model, "cfg", model)
     inf, ft = cfg.inference, cfg.model.compression[0]

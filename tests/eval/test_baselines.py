@@ -1,4 +1,4 @@
-"""pvq_model.baselines: a tiny random diffusers AutoencoderKLCogVideoX evaluated on generated clips in
+"""pvq_model.eval.baselines: a tiny random diffusers AutoencoderKLCogVideoX evaluated on generated clips in
 the evaluation format, and placed beside PVQ-VAE in a report."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pvq_model import baselines as bl
+from pvq_model.eval import baselines as bl
+from pvq_model.eval.summary import EvaluationError
 from pvq_model.metrics import clip_metrics
 
 
@@ -32,7 +33,7 @@ def cogvideox(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> Path:
     from pvq_model.demo import synthetic_clip
-    from pvq_model.video_io import write_video
+    from pvq_model.eval.video_io import write_video
 
     d = tmp_path_factory.mktemp("media")
     write_video(d / "a.mp4", synthetic_clip(0, 16, 64, 64), fps=8, crf=10)
@@ -52,10 +53,10 @@ def test_reconstruct_pads_and_crops_back(cogvideox):
 
 
 def test_load_errors_name_the_fix(tmp_path):
-    with pytest.raises(bl.EvaluationError, match="no config.json"):
+    with pytest.raises(EvaluationError, match="no config.json"):
         bl.load_diffusers_autoencoder(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel"}))
-    with pytest.raises(bl.EvaluationError, match="not a diffusers autoencoder"):
+    with pytest.raises(EvaluationError, match="not a diffusers autoencoder"):
         bl.load_diffusers_autoencoder(tmp_path)
 
 
@@ -65,7 +66,7 @@ def test_baseline_evaluation_and_report(cogvideox, media, tmp_path):
     assert (s["images"]["clips"], s["videos"]["clips"]) == (1, 2)
     assert s["images"]["lpips"] is None and s["codebook"] == {}
     # the stored numbers are the metrics of reconstruct() on the same clips
-    from pvq_model.evaluate import iter_clips
+    from pvq_model.eval.evaluate import iter_clips
 
     model = bl.load_diffusers_autoencoder(cogvideox)
     by_key = {r["key"]: r for r in res.rows}
@@ -76,7 +77,7 @@ def test_baseline_evaluation_and_report(cogvideox, media, tmp_path):
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())["videos"]["psnr"] == pytest.approx(
         np.mean([by_key["a.mp4"]["psnr"], by_key["b.mp4"]["psnr"]]))
 
-    from pvq_model.report import build_report
+    from pvq_model.eval.report import build_report
 
     page = build_report(tmp_path / "eval", tmp_path / "report", clips=3)
     text = page.read_text()

@@ -1,4 +1,4 @@
-"""Streaming reconstruction (pvq_model.stream): the same numbers as the in-memory tiled path, with
+"""Streaming reconstruction (pvq_model.eval.stream): the same numbers as the in-memory tiled path, with
 buffers that do not grow with the clip."""
 
 import subprocess
@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from pvq_model import naive
+from pvq_model.eval import naive
 from pvq_model.config import load_config
 from pvq_model.metrics import clip_metrics
-from pvq_model.stream import (READ_CHUNK, Baselines, TensorSource, VideoFileSource, chunk_borders, seam_dip,
+from pvq_model.eval.stream import (READ_CHUNK, Baselines, TensorSource, VideoFileSource, chunk_borders, seam_dip,
                               reconstruct_stream)
 from pvq_model.tiling import TileSpec, tiled_apply, tiled_stream, window_frames
 from pvq_model.vae import PVQVAE
-from pvq_model.video_io import read_video, to_tensor, to_uint8, write_video
+from pvq_model.eval.video_io import read_video, to_tensor, to_uint8, write_video
 
 # tiles in every axis: 16-frame chunks with a 16-frame encode halo, 64-px tiles, 1-latent-frame decode chunks
 TILED = ["inference.tile_size=64", "inference.tile_overlap=32", "inference.tile_halo=32",
@@ -147,7 +147,7 @@ def test_seam_dip():
 
 def test_streamed_evaluation_of_a_padded_shard_clip_equals_in_memory(configs):
     """A shard clip's padding frames are encoded (as in memory) but not measured; the baselines too."""
-    from pvq_model.evaluate import Clip, baseline_metrics, evaluate_model
+    from pvq_model.eval.evaluate import Clip, baseline_metrics, evaluate_model
 
     model = model_for(configs)
     g = torch.Generator().manual_seed(2)

@@ -1,4 +1,4 @@
-"""The information-equivalent baselines (pvq_model/naive.py), the identity bottleneck and the
+"""The information-equivalent baselines (pvq_model/eval/naive.py), the identity bottleneck and the
 residual-autoencoding shortcuts (pvq_model/blocks.py)."""
 
 from pathlib import Path
@@ -7,13 +7,13 @@ import torch
 
 from pvq_model.blocks import channel_resize, down_shortcut, up_shortcut
 from pvq_model.config import load_config
-from pvq_model.evaluate import baseline_summary
+from pvq_model.eval.summary import baseline_summary
 from pvq_model.metrics import clip_metrics
-from pvq_model.naive import mean_colour, pooled
+from pvq_model.eval.naive import mean_colour, pooled
 from pvq_model.quantizers import build_quantizer
 from pvq_model.vae import PVQVAE
 
-DEBUG = Path(__file__).resolve().parents[1] / "configs" / "debug.yaml"
+DEBUG = Path(__file__).resolve().parents[2] / "configs" / "debug.yaml"
 
 
 def test_mean_colour_is_the_clip_mean_and_ignores_padded_frames():

@@ -4,7 +4,7 @@ it shares with the DeepSpeed trainer (``pvq_model.train.loop``).
 The plain-PyTorch peer that the DeepSpeed trainer is benchmarked against
 (``benchmarks/train_step.py``), the loop of the controlled experiments
 (``benchmarks/training_dynamics.py``) and a quick way to train a model on a few clips in a notebook.
-The paper's training is ``pvq_model.train``.
+The paper's training is :mod:`pvq_model.train.loop`. This module imports no DeepSpeed.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import TrainConfig
+from ..losses import PVQLoss
+from ..vae import PVQVAE, VAEOutput
 from .augment import augment_
-from .config import TrainConfig
-from .losses import PVQLoss
-from .vae import PVQVAE, VAEOutput
 
 
 def seed_everything(seed: int) -> None:
@@ -108,7 +108,7 @@ def fit(model: PVQVAE, clips: Sequence[Tensor | tuple[Tensor, Tensor]], steps: i
     Each step draws ``batch_size`` clips (default ``train.global_batch``, what one step of the
     trainer sees over all ranks) without replacement from a shuffled order seeded by
     ``train.seed``, mirrored / reversed as ``data.hflip`` / ``data.reverse`` say
-    (:mod:`pvq_model.augment`), and runs :func:`fit_batches` on them (``on_eval``, ``eval_every``
+    (:mod:`pvq_model.train.augment`), and runs :func:`fit_batches` on them (``on_eval``, ``eval_every``
     and ``data_init`` as there). Returns the loss per step."""
     cfg = model.cfg
     t = cfg.train

@@ -9,8 +9,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from pvq_model.stream import VideoFileSource
-from pvq_model.video_io import MediaError, read_video, write_video
+from pvq_model.eval.stream import VideoFileSource
+from pvq_model.eval.video_io import MediaError, read_video, write_video
 
 
 def _ffmpeg(*args: str) -> None:
