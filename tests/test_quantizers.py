@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from pvq_model.config import QuantizerConfig
-from pvq_model.quantizers import LookupFreeQuantizer, build_quantizer
+from pvq_model.config import ConfigError, QuantizerConfig
+from pvq_model.quantizers import QUANTIZERS, TABLE1_TYPES, LookupFreeQuantizer, build_quantizer
 from pvq_model.quantizers.base import code_stats
 from pvq_model.quantizers.lfq import lfq_entropy, lfq_entropy_naive
 
@@ -50,6 +50,28 @@ def test_indices_layout():
     pyr.data_init(z)
     sizes = [tuple(i.shape) for i in pyr(z).indices]
     assert sizes == [(2, 1, 2, 2), (2, 1, 4, 4), (2, 2, 6, 6)]
+
+
+def test_registry_names_labels_and_table1_order():
+    assert TABLE1_TYPES == ("vq", "gvq", "lfq", "rvq", "psvq", "rvq_lfq", "pvq")
+    assert set(QUANTIZERS) == set(SMALL) | {"identity"}
+    assert [QUANTIZERS[k].label for k in TABLE1_TYPES] == ["VQ", "GVQ", "LFQ", "RVQ", "PSVQ", "RVQ + LFQ", "PVQ"]
+    for kind in SMALL:
+        assert type(make(kind)) is QUANTIZERS[kind] and QUANTIZERS[kind].type_name == kind
+    with pytest.raises(ConfigError, match="quantizer.type: 'bogus' is not one of vq, gvq"):
+        build_quantizer(QuantizerConfig(type="bogus"))
+
+
+@pytest.mark.parametrize("kind", sorted(SMALL))
+def test_token_grids_are_the_index_shapes(kind):
+    q = make(kind)
+    z = torch.randn(2, 8, 2, 6, 6)
+    q.data_init(z)
+    indices = q(z).indices
+    shapes = [tuple(i.shape[1:]) for i in (indices if isinstance(indices, list) else [indices])]
+    cfg = QuantizerConfig(type=kind, entropy_group_bits=4, **SMALL[kind])
+    assert QUANTIZERS[kind].token_grids(cfg, (2, 6, 6)) == shapes
+    assert QUANTIZERS["identity"].token_grids(cfg, (2, 6, 6)) is None
 
 
 def test_lfq_codes_are_signs_and_ids_are_bits():
