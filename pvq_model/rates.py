@@ -21,19 +21,11 @@ from __future__ import annotations
 import math
 
 from .config import PVQConfig
-from .quantizers.residual import level_size
+from .quantizers import quantizer_class
 
 REFERENCE_CLIP: tuple[int, int, int] = (32, 512, 512)
 """(T, H, W) of the one-number bits-per-pixel summaries (``pvq info --all-presets``): a middle
 paper bucket (512 x 512) at 32 frames."""
-
-_SINGLE = ("vq", "gvq", "lfq")
-"""One token per latent position."""
-_RESIDUAL = ("rvq", "rvq_lfq")
-"""``quantizer.num_levels`` tokens per latent position (every level at full size)."""
-_PYRAMID = ("psvq", "pvq")
-"""One level per ``quantizer.pyramid_scales`` entry, each at its scaled latent size."""
-
 
 def latent_shape(cfg: PVQConfig, t: int, h: int, w: int) -> tuple[int, int, int, int]:
     """(t', h', w', d) latent of a (T=t, H=h, W=w) clip: each axis ceil-divided by its factor (the
@@ -57,18 +49,11 @@ def bits_per_token(cfg: PVQConfig) -> float | None:
 
 def token_grids(cfg: PVQConfig, t: int, h: int, w: int) -> list[tuple[int, int, int]] | None:
     """(t, h, w) token grid of every quantizer level for a (T=t, H=h, W=w) clip, coarsest first;
-    None for the continuous ``identity`` quantizer."""
-    q = cfg.quantizer
+    None for the continuous ``identity`` quantizer. Each quantizer class owns its grid
+    (:meth:`pvq_model.quantizers.base.Quantizer.token_grids`): one level for VQ/GVQ/LFQ,
+    ``num_levels`` full-size levels for the residual ones, one per pyramid scale for PSVQ/PVQ."""
     full = latent_shape(cfg, t, h, w)[:3]
-    if q.type == "identity":
-        return None
-    if q.type in _SINGLE:
-        return [full]
-    if q.type in _RESIDUAL:
-        return [full] * q.num_levels
-    if q.type in _PYRAMID:
-        return [level_size(full, s) for s in q.pyramid_scales]
-    raise ValueError(f"quantizer.type: unknown {q.type!r}")
+    return quantizer_class(cfg.quantizer.type).token_grids(cfg.quantizer, full)
 
 
 def bits_per_pixel(cfg: PVQConfig, t: int, h: int, w: int) -> float | None:

@@ -2,7 +2,7 @@
 cells (value, "mean ± std" over seeds, "absent", "n/a"), baseline rows and markdown.
 
 Rows are lists of strings, header first; :func:`markdown_table` renders them, the report's template
-renders the same rows as HTML.
+renders the same rows as HTML. Importing it loads no torch (the labels' registry is read on use).
 """
 
 from __future__ import annotations
@@ -10,15 +10,13 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-METHOD_NAMES = {"vq": "VQ", "gvq": "GVQ", "lfq": "LFQ", "rvq": "RVQ", "psvq": "PSVQ", "rvq_lfq": "RVQ + LFQ",
-                "pvq": "PVQ"}
-"""The Table-1 row label of each ``quantizer.type``."""
-
-
 def method_name(quantizer: str, fft: bool = True, dwt: bool = True) -> str:
-    """"PVQ", "RVQ + LFQ", "PVQ w/o FFT", "PVQ w/o FFT, DWT" ... from the quantizer type and which
-    spectral branches the encoder has."""
-    name = METHOD_NAMES.get(quantizer, str(quantizer).upper())
+    """"PVQ", "RVQ + LFQ", "PVQ w/o FFT", "PVQ w/o FFT, DWT" ... from the quantizer type (its class's
+    ``label`` in :data:`pvq_model.quantizers.QUANTIZERS`) and which spectral branches the encoder has."""
+    from ..quantizers import QUANTIZERS
+
+    q = QUANTIZERS.get(quantizer)
+    name = q.label if q is not None else str(quantizer).upper()
     off = [b for b, on in (("FFT", fft), ("DWT", dwt)) if not on]
     return f"{name} w/o {', '.join(off)}" if off else name
 

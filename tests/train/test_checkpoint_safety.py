@@ -60,15 +60,17 @@ def run_dir(tmp_path_factory):
     mp.setenv("TORCH_EXTENSIONS_DIR", os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions")))
     mp.setattr(os, "fsync", fsync)
     mp.setattr(Path, "replace", replace)
-    saved_env = dict(os.environ)  # the in-process trainer sets RANK / MASTER_PORT for its world of one
+    saved_env = dict(os.environ)
     try:
         args = ["--config", str(ROOT / "configs" / "debug.yaml"), "--out", str(out), "--max-steps", "2"]
         assert entry.main(args + [a for s in SETS for a in ("--set", s)]) == 0
+        # the in-process trainer's world-of-one RANK / MASTER_PORT lasted for its train() call only:
+        # an inherited RANK would send every later subprocess trainer to one env:// port (EADDRINUSE)
+        rank_keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "GLOO_SOCKET_IFNAME")
+        assert {k: os.environ.get(k) for k in rank_keys} == {k: saved_env.get(k) for k in rank_keys}
     finally:
         mp.undo()
-        # later tests launch trainers as subprocesses: an inherited RANK would send every one of them
-        # to the env:// rendezvous on the same MASTER_PORT (EADDRINUSE)
-        os.environ.clear()
+        os.environ.clear()  # and whatever a library may have added
         os.environ.update(saved_env)
         if dist.is_initialized():
             dist.destroy_process_group()
