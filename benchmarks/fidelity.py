@@ -31,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from pvq_common.env import local_env  # noqa: E402
 
 MEDIA = ROOT.parent / "shared" / "media"
 BARS = {(16, 32, 32): 2.0, (4, 8, 8): 3.0}
@@ -59,7 +60,7 @@ def can_isolate() -> bool:
 
 def train(config: Path, data: Path, run: Path, overrides: list[str], nproc: int) -> tuple[Path, float]:
     """Train with the DeepSpeed trainer; returns (export directory, wall seconds)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+    env = {**local_env(), "PYTHONUNBUFFERED": "1",
            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))}
     sets = sum((["--set", s] for s in [f"train.data_path={data.resolve()}", *overrides]), [])
     launch = [sys.executable, "-m", "pvq_model.launch", "--config", str(config), "--out", str(run), "--cpu", *sets]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import shutil
 import statistics
@@ -29,9 +28,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+from _bench import emit  # noqa: E402
+from pvq_common.env import missing_local_env  # noqa: E402
+
+os.environ.update(missing_local_env())  # loopback only, no usage stats: before Ray starts
 
 
 def _decord_decode(args: tuple):
@@ -117,11 +117,8 @@ def main() -> None:
             res[tag] = {"decord_samples_per_s": round(m / dec, 2), "loader_samples_per_s": round(m / load, 2),
                         "ratio": round(dec / load, 3)}
         res["cpu_load_1min"] = os.getloadavg()[0]
-        print(json.dumps(res, indent=1))
-        for tag in ("single_process", f"{a.workers}_workers"):
-            print(f"loader / raw decord ({tag.replace('_', ' ')}) = {res[tag]['ratio']:.2f} (target >= 0.80)")
-        if a.json:
-            a.json.write_text(json.dumps(res, indent=1))
+        emit(res, "\n".join(f"loader / raw decord ({tag.replace('_', ' ')}) = {res[tag]['ratio']:.2f} (target >= 0.80)"
+                             for tag in ("single_process", f"{a.workers}_workers")), a.json)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -13,7 +13,6 @@ on a warm cluster, and the first run with and without ``ray.init``. Input: ``--v
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -26,9 +25,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+from _bench import emit  # noqa: E402
+from pvq_common.env import missing_local_env  # noqa: E402
+
+os.environ.update(missing_local_env())  # loopback only, no usage stats: before Ray starts
 
 from data_prep.buckets import center_crop, choose_bucket  # noqa: E402
 from data_prep.clips import plan_windows  # noqa: E402
@@ -115,11 +115,8 @@ def main() -> None:
             "ffmpeg_s": [round(x, 2) for x in t_ff], "pipeline_s": [round(x, 2) for x in t_pipe],
             "cpu_load_1min": os.getloadavg()[0],
         }
-        print(json.dumps(res, indent=1))
-        print(f"shard pipeline / plain ffmpeg = {res['ratio']:.2f} (target >= 0.80); first run "
-              f"{res['ratio_first_run']:.2f}, {res['ratio_first_run_with_ray_init']:.2f} counting ray.init")
-        if a.json:
-            a.json.write_text(json.dumps(res, indent=1))
+        emit(res, f"shard pipeline / plain ffmpeg = {res['ratio']:.2f} (target >= 0.80); first run "
+                  f"{res['ratio_first_run']:.2f}, {res['ratio_first_run_with_ray_init']:.2f} counting ray.init", a.json)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -21,10 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+from pvq_common.env import missing_local_env  # noqa: E402
+
+os.environ.update(missing_local_env())  # no telemetry or usage stats, loopback only
 
 
 def _metric(run_dir: Path, run_id: str, key: str) -> list[float]:

@@ -166,6 +166,55 @@ def decode_sample(sample: dict, frames: int) -> tuple[torch.Tensor, torch.Tensor
     return _channels_first(buf), mask
 
 
+def read_shard(url: str, select_files=None) -> Iterator[dict]:
+    """The raw samples of one tar shard (local or ``s3://``) in file order, grouped by key as
+    webdataset does: ``{"__key__", "__url__", "json", "mp4" | "jpg", ...}`` with bytes values.
+    ``select_files(name) -> bool`` skips members unread (their bytes are never decoded)."""
+    import webdataset as wds
+
+    with storage.open_read(url) as f:
+        files = wds.tariterators.tar_file_expander([{"url": url, "stream": f}], select_files=select_files)
+        yield from wds.tariterators.group_by_keys(files)
+
+
+@dataclass
+class SplitSample:
+    key: str
+    meta: dict
+    """The sample's ``json`` (``kind``, ``frames``, ``length``, ``caption``, ``source_id`` ...)."""
+    video: torch.Tensor
+    """(C, T, H, W) float in [-1, 1], T the clip's own length (1 for an image); see :func:`decode_sample`."""
+    mask: torch.Tensor
+    """(T,) bool, True on real frames."""
+
+    @property
+    def is_image(self) -> bool:
+        return self.meta["kind"] == "image" or self.meta["frames"] == 1
+
+
+def split_samples(dataset: str, split: str = "val", version: str | None = None,
+                  limit: int | None = None) -> Iterator[SplitSample]:
+    """Every sample of ``split`` once, sorted by key and decoded at its own size: a video at its clip
+    length (``meta["length"]``, frames past the end masked), an image as a one-frame clip.
+
+    Raises ``ValueError`` at once (before iteration) if the split has no non-empty shards."""
+    info = manifest.read_version(str(dataset), version)
+    urls = [storage.join(str(dataset), s) for s in
+            sorted(r["shard"] for r in info["shards"] if r["split"] == split and r["count"] > 0)]
+    if not urls:
+        raise ValueError(f"{dataset} ({info['version']}): no {split} shards")
+
+    def decoded() -> Iterator[SplitSample]:
+        samples = sorted((s for url in urls for s in read_shard(url)), key=lambda s: s["__key__"])
+        for s in samples[:limit]:
+            meta = json.loads(s["json"])
+            image = meta["kind"] == "image" or meta["frames"] == 1  # SplitSample.is_image
+            video, mask = decode_sample(s, 1 if image else int(meta["length"]))
+            yield SplitSample(s["__key__"], meta, video, mask)
+
+    return decoded()
+
+
 @dataclass
 class _Shard:
     url: str
@@ -245,8 +294,6 @@ class ShardLoader(torch.utils.data.IterableDataset):
 
     def _stream(self, bucket: str, skip: int, consumer: int, consumers: int) -> Iterator[dict]:
         """Raw samples of ``bucket`` for ``consumer``, forever, starting after ``skip`` samples."""
-        import webdataset as wds
-
         epoch = 0
         while True:
             plan = self._epoch_plan(bucket, epoch, consumer, consumers)
@@ -272,10 +319,7 @@ class ShardLoader(torch.utils.data.IterableDataset):
                         _seen[key] = len(_seen)
                     return _seen[key] in _want
 
-                with storage.open_read(shard.url) as f:
-                    files = wds.tariterators.tar_file_expander([{"url": shard.url, "stream": f}],
-                                                               select_files=select)
-                    yield from wds.tariterators.group_by_keys(files)
+                yield from read_shard(shard.url, select)
             epoch += 1
 
     # -- iteration ------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from pathlib import Path
 from prefect import task
 from prefect.logging import get_run_logger
 
+from pvq_common.env import missing_local_env
+
 from flows import registry
 from flows.common import (DEMO_SOURCE, ROOT, ParameterError, configure_env, file_digest, fingerprint,
                           is_remote, is_server, local_artifact_root, project_path, work_dir)
@@ -243,7 +245,7 @@ def launch_training(config: str, overrides: list[str], run_dir: str, launcher: s
     c = registry.client(tracking_uri)
     ensure_experiment(c, cfg.train.mlflow_experiment,
                                None if is_server(tracking_uri) else local_artifact_root())
-    env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true",
+    env = {**missing_local_env(), "MLFLOW_TRACKING_URI": tracking_uri,  # added to the ranks' env
            "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"], "PYTHONUNBUFFERED": "1"}
     run.mkdir(parents=True, exist_ok=True)
     if launcher == "local":

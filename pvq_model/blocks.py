@@ -62,7 +62,7 @@ class Conv3d(nn.Conv3d):
       fp32 input instead of the module being converted (which would break ZeRO-3 partitions).
     * torch 2.13's CPU bf16 Conv3d backward returns garbage weight gradients for some small shapes
       (measured: (2, 32, 2, 2, 3) input gives |grad| ~ 1e37 where fp32 gives 12.6; see
-      tests/test_model.py::test_conv3d_bf16_cpu_gradients). On CPU, bf16 convolutions therefore
+      tests/model/test_model.py::test_conv3d_bf16_cpu_gradients). On CPU, bf16 convolutions therefore
       run in fp32 and return bf16; on GPU they run natively in bf16.
     """
 

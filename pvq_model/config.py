@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pvq_common.config import ConfigError, from_dict, load_tree, read_yaml
+from pvq_common.config import ConfigError, from_dict, load_tree
 from pvq_common.paper import PAPER_FRAMES, PAPER_SCALES
 
 __all__ = [
-    "PAPER_SCALES", "PAPER_FRAMES", "ConfigError", "read_yaml", "from_dict", "load_config", "config_from_dict",
+    "PAPER_SCALES", "PAPER_FRAMES", "ConfigError", "from_dict", "load_config", "config_from_dict",
     "validate", "PVQConfig", "EncoderConfig", "DecoderConfig", "QuantizerConfig", "AlignmentConfig", "LossConfig",
     "DiscriminatorConfig", "LPIPSConfig", "ModelConfig", "InferenceConfig", "DataConfig", "TrainConfig",
 ]
@@ -184,7 +184,7 @@ class DataConfig:
     """(W, H) resolution buckets, sampled uniformly per step."""
     frames: list[int] = field(default_factory=lambda: list(PAPER_FRAMES))
     hflip: bool = False
-    """Training only: mirror each clip left-right with probability 1/2 (``pvq_model.augment``)."""
+    """Training only: mirror each clip left-right with probability 1/2 (``pvq_model.train.augment``)."""
     reverse: bool = False
     """Training only: play each clip backwards with probability 1/2 (its real frames; padding stays last)."""
 

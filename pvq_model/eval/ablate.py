@@ -45,14 +45,22 @@ from typing import NamedTuple
 
 import yaml
 
+from pvq_common.env import local_env
+
 from .curves import plot_curves
 from .tables import baseline_label, markdown_table, mean_std, method_label, metric_cell, table1_header, table1_row
 
 ROOT = Path(__file__).resolve().parents[2]
 DEBUG_CONFIG = ROOT / "configs" / "debug.yaml"
 BRANCH_VARIANTS = ("pvq", "no_fft", "no_dwt", "no_fft_dwt")
-TABLE_ORDER = ("vq", "gvq", "lfq", "rvq", "psvq", "rvq_lfq", "pvq", "no_fft", "no_dwt", "no_fft_dwt")
 SMALL_BUCKET_PIXELS = 128 * 128
+
+
+def table_order() -> tuple[str, ...]:
+    """Rows of the ablation table: the Table-1 quantizers in the registry's order, then the branch variants."""
+    from ..quantizers import TABLE1_TYPES  # torch: imported when a table is built, not with this module
+
+    return (*TABLE1_TYPES, *(v for v in BRANCH_VARIANTS if v not in TABLE1_TYPES))
 
 
 class AblationError(RuntimeError):
@@ -130,7 +138,7 @@ def train_variant(overrides: list[str], run_dir: Path, steps: int, timeout_s: fl
     cmd = [sys.executable, "-m", "pvq_model.train", "--config", settings["base"], "--out", str(run_dir)]
     for o in overrides:
         cmd += ["--set", o]
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = local_env()  # the loopback-only settings (no telemetry, no usage stats) under the caller's env
     env.pop("MLFLOW_TRACKING_URI", None)  # each run keeps its own sqlite store in run_dir/mlflow.db
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
     if threads is not None:
@@ -400,7 +408,7 @@ def prepare(configs: list[str | Path], data: str | Path, steps: int,
     if not is_shard_dataset(data):
         raise AblationError(f"{data}: not a shard dataset (no LATEST file); training needs shards: "
                             f"run `pvq data shard` first")
-    rank = {v: i for i, v in enumerate(TABLE_ORDER)}
+    rank = {v: i for i, v in enumerate(table_order())}
     ordered = sorted({Path(c) for c in configs}, key=lambda p: (rank.get(p.stem, len(rank)), p.stem))
     if not ordered:
         raise AblationError("no ablation configs given (e.g. --configs configs/ablations/*.yaml)")

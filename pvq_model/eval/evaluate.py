@@ -23,7 +23,6 @@ downloaded with ``tracking_uri`` or the environment's ``MLFLOW_TRACKING_URI``
 
 from __future__ import annotations
 
-import json
 import resource
 import sys
 import time
@@ -101,31 +100,17 @@ def is_shard_dataset(data: str) -> bool:
 
 def iter_shard_clips(dataset: str, split: str = "val", version: str | None = None,
                      limit: int | None = None) -> Iterator[Clip]:
-    """Every sample of ``split`` in a shard dataset, sorted by key; videos at their clip length
-    (real frames masked), images as one-frame clips."""
-    import webdataset as wds
+    """Every sample of ``split`` in a shard dataset, sorted by key (:func:`data_prep.loader.split_samples`);
+    videos at their clip length (real frames masked), images as one-frame clips."""
+    from data_prep.loader import split_samples
 
-    from data_prep import manifest, storage
-    from data_prep.loader import decode_sample
-
-    info = manifest.read_version(str(dataset), version)
-    shards = sorted(s["shard"] for s in info["shards"] if s["split"] == split and s["count"] > 0)
-    if not shards:
-        raise EvaluationError(f"{dataset} ({info['version']}): no {split} shards to evaluate on")
-    samples = []
-    for shard in shards:
-        url = storage.join(str(dataset), shard)
-        with storage.open_read(url) as f:
-            files = wds.tariterators.tar_file_expander([{"url": url, "stream": f}])
-            samples.extend(wds.tariterators.group_by_keys(files))
-    samples.sort(key=lambda s: s["__key__"])
-    for n, s in enumerate(samples):
-        if limit is not None and n >= limit:
-            return
-        meta = json.loads(s["json"])
-        image = meta["kind"] == "image" or meta["frames"] == 1
-        x, mask = decode_sample(s, 1 if image else int(meta["length"]))
-        yield Clip(s["__key__"], "image" if image else "video", f"{x.shape[3]}x{x.shape[2]}", x[None], mask[None])
+    try:
+        samples = split_samples(str(dataset), split, version, limit)
+    except ValueError as e:
+        raise EvaluationError(f"{e} to evaluate on") from None
+    for s in samples:
+        x = s.video  # (C, T, H, W)
+        yield Clip(s.key, "image" if s.is_image else "video", f"{x.shape[3]}x{x.shape[2]}", x[None], s.mask[None])
 
 
 def iter_folder_clips(folder: str | Path, max_frames: int | None = None, limit: int | None = None) -> Iterator[Clip]:

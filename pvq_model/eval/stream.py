@@ -14,7 +14,7 @@
 Peak memory is one window of activations, one temporal chunk of output at full size (fp32) and a few
 frames of uint8; it does not grow with the number of frames. The numbers equal the in-memory tiled
 path (``PVQVAE.reconstruct(x, tiled=True)`` + :func:`pvq_model.metrics.clip_metrics`), which runs the
-same engine on a tensor: tests/test_stream.py checks it.
+same engine on a tensor: tests/eval/test_stream.py checks it.
 
 Sources: :class:`VideoFileSource` (a video or image file, through ffmpeg) and :class:`TensorSource`
 (a clip already in memory, e.g. a shard sample, which then still avoids the full-size float output).

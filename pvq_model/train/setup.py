@@ -22,6 +22,8 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
+from pvq_common.env import scoped_env
+
 from ..config import PVQConfig
 from ..discriminator import Discriminator3D
 from ..losses import PVQLoss
@@ -53,16 +55,8 @@ def lone_process_env() -> Iterator[bool]:
         return
     values = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
               "MASTER_PORT": str(_free_port()), "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
+    with scoped_env(values):
         yield True
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def init_distributed(cfg: PVQConfig, run_dir: Path, lone: bool) -> tuple[int, int, torch.device]:

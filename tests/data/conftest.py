@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import socket
-from pathlib import Path
-
 import pytest
 
 from data_prep.config import load_shard_config
 from data_prep.samples import make_demo_set
-from pvq_common.env import missing_local_env
+from helpers import CONFIGS, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-DEMO_CONFIG = ROOT / "configs" / "shard" / "demo.yaml"
-
-# the loopback-only settings (pvq_common.env.LOCAL_ENV) for this test process and the Ray cluster it starts
-os.environ.update(missing_local_env())
-
-
-def pytest_configure(config):
-    # Ray Data's DataContext warns about its own deprecated fields whenever it is touched
-    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:ray.data.context")
+DEMO_CONFIG = CONFIGS / "shard" / "demo.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -51,18 +38,12 @@ def ray_cluster():
     ray.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_server():
     """A moto S3 server on a free 127.0.0.1 port, with the AWS env pointing at it; stopped at the end."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from data_prep.cli import app
+from helpers import CONFIGS
 
 pytestmark = pytest.mark.slow
-CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "shard" / "demo.yaml")
+CONFIG = str(CONFIGS / "shard" / "demo.yaml")
 
 
 def test_shard_stats_refresh_and_errors(demo, ray_cluster, tmp_path):

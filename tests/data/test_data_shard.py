@@ -26,6 +26,7 @@ from data_prep.clips import plan_windows
 from data_prep.probe import probe
 from data_prep.samples import make_video
 from data_prep.shard import ShardJobError, refresh, shard
+from helpers import CONFIGS
 
 pytestmark = pytest.mark.slow
 
@@ -153,7 +154,7 @@ def _first_done(out: Path, stage: str) -> bool:
 
 @pytest.mark.parametrize("stage", ["encode", "write"])
 def test_kill_minus_9_then_rerun_gives_the_same_dataset(demo, demo_cfg, ray_cluster, tmp_path, stage):
-    config = str(Path(__file__).resolve().parents[2] / "configs" / "shard" / "demo.yaml")
+    config = str(CONFIGS / "shard" / "demo.yaml")
     overrides = ["shards.maxcount=1", "clips.lengths=[16]", f"ray.address={ray_cluster}"]
     cfg = demo_cfg(*overrides)
     reference = tmp_path / "reference"

@@ -16,10 +16,10 @@ import yaml
 from pvq_model.eval import ablate as ab
 from pvq_model.eval import tables
 from pvq_model.config import load_config
+from helpers import DEBUG_CONFIG, ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 ABLATIONS = ROOT / "configs" / "ablations"
-DEBUG = load_config(ROOT / "configs" / "debug.yaml")
+DEBUG = load_config(DEBUG_CONFIG)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -43,7 +43,7 @@ def test_every_ablation_applies_on_the_debug_width():
     assert {f.stem for f in files} == set(expected)
     for f in files:
         name, overrides = ab.variant_overrides(f)
-        cfg = load_config(ROOT / "configs" / "debug.yaml", overrides)
+        cfg = load_config(DEBUG_CONFIG, overrides)
         assert (tables.method_label(cfg), cfg.quantizer.codebook_size, cfg.quantizer.dim) == expected[name]
         # debug widths, not the paper's: only the file's own keys differ from configs/debug.yaml
         assert cfg.model.encoder.channels == DEBUG.model.encoder.channels == [8, 16, 16, 32, 32]
@@ -160,7 +160,7 @@ def test_single_process_geometry_keeps_the_global_batch():
     assert overrides[-4:] == ["train.nodes=1", "train.gpus_per_node=1", "train.world_size=1", "train.grad_accum=2"]
     _, _, dbg = ab.resolve_variant(ABLATIONS / "pvq.yaml", common)  # debug: 2 x 1 -> 1 x 1 x 2
     assert (dbg.train.world_size, dbg.train.micro_batch, dbg.train.grad_accum, dbg.train.global_batch) == (1, 1, 2, 2)
-    one = load_config(ROOT / "configs" / "debug.yaml", ["train.nodes=1", "train.gpus_per_node=1",
+    one = load_config(DEBUG_CONFIG, ["train.nodes=1", "train.gpus_per_node=1",
                                                         "train.world_size=1", "train.global_batch=1"])
     assert ab.single_process_overrides(one) == []
     accum = load_config(ROOT / "configs" / "cpu.yaml", ["train.grad_accum=3", "train.global_batch=12"])

@@ -1,8 +1,6 @@
 """The information-equivalent baselines (pvq_model/eval/naive.py), the identity bottleneck and the
 residual-autoencoding shortcuts (pvq_model/blocks.py)."""
 
-from pathlib import Path
-
 import torch
 
 from pvq_model.blocks import channel_resize, down_shortcut, up_shortcut
@@ -12,8 +10,8 @@ from pvq_model.metrics import clip_metrics
 from pvq_model.eval.naive import mean_colour, pooled
 from pvq_model.quantizers import build_quantizer
 from pvq_model.vae import PVQVAE
+from helpers import DEBUG_CONFIG, debug_model
 
-DEBUG = Path(__file__).resolve().parents[2] / "configs" / "debug.yaml"
 
 
 def test_mean_colour_is_the_clip_mean_and_ignores_padded_frames():
@@ -76,20 +74,20 @@ def test_up_shortcut_inverts_down_shortcut_on_block_constant_input():
 def test_a_new_model_is_its_shortcut_path():
     """Zero-initialised branches: a fresh identity-bottleneck model maps a clip that is constant
     over its latent blocks to itself up to a fixed linear mix of colours (the shortcut path)."""
-    cfg = load_config(DEBUG, ["quantizer.type=identity", "model.encoder.fft=false"])
+    cfg = load_config(DEBUG_CONFIG, ["quantizer.type=identity", "model.encoder.fft=false"])
     torch.manual_seed(0)
     model = PVQVAE(cfg).eval()
     grey = torch.full((1, 3, 16, 64, 64), 0.4)
     with torch.no_grad():
         out = model(grey).recon
     assert torch.allclose(out, out.flatten()[0].expand_as(out), atol=1e-5)  # still constant
-    old = PVQVAE(load_config(DEBUG, ["quantizer.type=identity", "model.shortcuts=false"])).eval()
+    old = debug_model("quantizer.type=identity", "model.shortcuts=false")
     with torch.no_grad():
         assert old(grey).recon.std() > 1e-3  # a plain random network does not keep it constant
 
 
 def test_identity_quantizer_round_trip():
-    cfg = load_config(DEBUG, ["quantizer.type=identity"]).quantizer
+    cfg = load_config(DEBUG_CONFIG, ["quantizer.type=identity"]).quantizer
     q = build_quantizer(cfg)
     z = torch.randn(2, 16, 1, 2, 3, requires_grad=True)
     out = q(z)

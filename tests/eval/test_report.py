@@ -5,20 +5,18 @@ sizes, the table carries the evaluation's numbers)."""
 from __future__ import annotations
 
 import json
-import os
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from pvq_model.eval import report as rp
 from pvq_model.eval import tables
 from pvq_model.eval.curves import read_metrics
+from helpers import debug_model
 
-ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -67,7 +65,6 @@ def test_frame_grid_layout_and_amplified_error():
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A run directory whose mlflow.db holds a few known per-step metrics (as the trainer logs them)."""
-    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     from mlflow.tracking import MlflowClient
 
     d = tmp_path_factory.mktemp("run")
@@ -93,10 +90,8 @@ def test_read_metrics_exact(run_dir):
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     """A random debug model evaluated on two generated videos and one image (folder input)."""
-    from pvq_model.config import load_config
     from pvq_model.demo import synthetic_clip
     from pvq_model.eval.evaluate import evaluate
-    from pvq_model.vae import PVQVAE
     from pvq_model.eval.video_io import write_video
 
     root = tmp_path_factory.mktemp("report")
@@ -105,8 +100,7 @@ def evaluated(tmp_path_factory):
     write_video(media / "a_64x64.mp4", synthetic_clip(0, 16, 64, 64), fps=8, crf=10)
     write_video(media / "b_96x64.mp4", synthetic_clip(1, 16, 64, 96), fps=8, crf=10)
     Image.fromarray(synthetic_clip(2, 1, 64, 64)[0]).save(media / "c_image.png")
-    torch.manual_seed(0)
-    model = PVQVAE(load_config(ROOT / "configs" / "debug.yaml")).eval().save_pretrained(root / "model")
+    model = debug_model().save_pretrained(root / "model")
     res = evaluate(model, media, root / "eval")
     return root, res
 

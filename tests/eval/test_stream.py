@@ -8,13 +8,12 @@ import pytest
 import torch
 
 from pvq_model.eval import naive
-from pvq_model.config import load_config
 from pvq_model.metrics import clip_metrics
 from pvq_model.eval.stream import (READ_CHUNK, Baselines, TensorSource, VideoFileSource, chunk_borders, seam_dip,
                               reconstruct_stream)
 from pvq_model.tiling import TileSpec, tiled_apply, tiled_stream, window_frames
-from pvq_model.vae import PVQVAE
 from pvq_model.eval.video_io import read_video, to_tensor, to_uint8, write_video
+from helpers import debug_model
 
 # tiles in every axis: 16-frame chunks with a 16-frame encode halo, 64-px tiles, 1-latent-frame decode chunks
 TILED = ["inference.tile_size=64", "inference.tile_overlap=32", "inference.tile_halo=32",
@@ -23,8 +22,7 @@ TILED = ["inference.tile_size=64", "inference.tile_overlap=32", "inference.tile_
 
 
 def model_for(configs, *overrides):
-    torch.manual_seed(42)
-    model = PVQVAE(load_config(configs / "debug.yaml", [*TILED, *overrides])).eval()
+    model = debug_model(*TILED, *overrides, seed=42)
     for m in model.modules():  # real receptive fields (a new model is its shortcut path)
         if isinstance(m, torch.nn.Conv3d):
             torch.nn.init.kaiming_normal_(m.weight)

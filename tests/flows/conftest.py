@@ -1,8 +1,8 @@
 """Fixtures of the flow tests: a private PREFECT_HOME and PVQ_WORK_DIR, one Prefect test harness,
 the demo set sharded once, and MLflow sqlite stores in temporary folders (never ./mlruns).
 
-The environment is set here, before Prefect is imported by any test module, so Prefect's
-settings (home, analytics) and MLflow's telemetry switch are the local-only ones (DESIGN.md §5)."""
+The Prefect home and work dir are set here, before Prefect is imported by any test module; the
+loopback-only settings (analytics, telemetry: DESIGN.md §5) come from tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -12,23 +12,13 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="pvq-flows-"))
-for key, value in {
+# on top of the loopback-only settings tests/conftest.py applies: a private Prefect home and work dir
+os.environ.update({
     "PREFECT_HOME": str(_SESSION_DIR / "prefect"),
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
-    "DO_NOT_TRACK": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "PVQ_WORK_DIR": str(_SESSION_DIR / "work"),
-    "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions")),
-    "NO_PROXY": "127.0.0.1,localhost",
-    "no_proxy": "127.0.0.1,localhost",
-}.items():
-    os.environ[key] = value
+})
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
 
@@ -67,22 +57,6 @@ def shards(session_dir) -> dict:
 @pytest.fixture
 def tracking_uri(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
-
-
-@pytest.fixture(scope="session")
-def tiny_model(session_dir) -> Path:
-    """A randomly initialised debug model saved as a training export would be."""
-    import torch
-
-    from pvq_model.config import load_config
-    from pvq_model.vae import PVQVAE
-
-    torch.manual_seed(0)
-    return PVQVAE(load_config(ROOT / "configs" / "debug.yaml")).eval().save_pretrained(session_dir / "tiny_model")
-
-
-def pytest_configure(config):
-    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:ray.data.context")
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -19,18 +19,15 @@ import pytest
 import torch.distributed as dist
 
 from pvq_model.train import checkpoint as ckpt
+from helpers import DEBUG_CONFIG, ROOT, trainer_env
 
-ROOT = Path(__file__).resolve().parents[2]
 SETS = ["train.steps=4", "train.checkpoint_every=1", "train.warmup_steps=1", "data.frames=[16]"]
 pytestmark = pytest.mark.slow
 
 
 def _train(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONWARNINGS": "ignore::FutureWarning",
-           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions")),
-           "OMP_NUM_THREADS": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [sys.executable, "-m", "pvq_model.train", "--config", str(ROOT / "configs" / "debug.yaml"),
+    env = trainer_env(OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "pvq_model.train", "--config", str(DEBUG_CONFIG),
            "--out", str(out), *(a for s in SETS for a in ("--set", s)), *extra]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -54,15 +51,13 @@ def run_dir(tmp_path_factory):
         return real_replace(self, target)
 
     mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     mp.setenv("OMP_NUM_THREADS", "1")
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    mp.setenv("TORCH_EXTENSIONS_DIR", os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions")))
     mp.setattr(os, "fsync", fsync)
     mp.setattr(Path, "replace", replace)
     saved_env = dict(os.environ)
     try:
-        args = ["--config", str(ROOT / "configs" / "debug.yaml"), "--out", str(out), "--max-steps", "2"]
+        args = ["--config", str(DEBUG_CONFIG), "--out", str(out), "--max-steps", "2"]
         assert entry.main(args + [a for s in SETS for a in ("--set", s)]) == 0
         # the in-process trainer's world-of-one RANK / MASTER_PORT lasted for its train() call only:
         # an inherited RANK would send every later subprocess trainer to one env:// port (EADDRINUSE)
@@ -133,13 +128,10 @@ def test_killed_run_resumes_its_mlflow_run_and_old_checkpoints_are_pruned(tmp_pa
     from mlflow.tracking import MlflowClient
 
     out = tmp_path / "run"
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONWARNINGS": "ignore::FutureWarning",
-           "OMP_NUM_THREADS": "1",
-           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = trainer_env(OMP_NUM_THREADS="1")
     sets = ["train.steps=12", "train.checkpoint_every=1", "train.warmup_steps=1", "data.frames=[16]",
             "train.keep_checkpoints=2", "train.pin_checkpoints=[1]"]
-    cmd = [sys.executable, "-m", "pvq_model.train", "--config", str(ROOT / "configs" / "debug.yaml"),
+    cmd = [sys.executable, "-m", "pvq_model.train", "--config", str(DEBUG_CONFIG),
            "--out", str(out), *(a for s in sets for a in ("--set", s))]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 400

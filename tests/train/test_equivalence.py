@@ -51,9 +51,8 @@ from pvq_model.train.fit import fit_batches, seed_everything
 from pvq_model.train.fit import lr_at as plain_lr_at
 from pvq_model.train.data import training_batches
 from pvq_model.vae import PVQVAE
+from helpers import DEBUG_CONFIG, ROOT, rank_env
 
-ROOT = Path(__file__).resolve().parents[2]
-DEBUG = ROOT / "configs" / "debug.yaml"
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 # fp32, one 64x64 bucket of 16 frames, warm-up then decay, ZeRO-3 sharding even the tiny model,
@@ -96,11 +95,7 @@ dist.destroy_process_group()
 
 
 def _env() -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo",
-           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions")),
-           "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONWARNINGS": "ignore::FutureWarning", "PYTHONUNBUFFERED": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)  # each run logs to sqlite in its own directory
-    return env
+    return rank_env()  # each run logs to sqlite in its own directory
 
 
 class _Trainer:
@@ -111,7 +106,7 @@ class _Trainer:
         self.out = out
         out.parent.mkdir(parents=True, exist_ok=True)
         self.log = out.with_suffix(".log")
-        cmd = [sys.executable, "-m", "pvq_model.train", "--config", str(DEBUG), "--out", str(out),
+        cmd = [sys.executable, "-m", "pvq_model.train", "--config", str(DEBUG_CONFIG), "--out", str(out),
                *[a for s in sets for a in ("--set", s)]]
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT,
@@ -134,7 +129,7 @@ class _Trainer:
 
 def _plain(sets: list[str], steps: int, *, grad_accum: int = 1) -> list[float]:
     """``fit_batches`` on the 1-rank stream of ``training_batches``, one thread, the trainer's seed."""
-    cfg = load_config(DEBUG, sets)
+    cfg = load_config(DEBUG_CONFIG, sets)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -174,7 +169,7 @@ def test_plain_lr_schedule_is_the_trainers(sets, deepspeed_lr_at):
     """``fit.lr_at`` vs the trainer's WarmupDecayLR (the ``deepspeed_lr_at`` fixture) at warm-up, peak, decay and
     past the end. Equal to 1e-15 relative (up to an ulp of float64: ``peak * s / w`` against
     DeepSpeed's ``peak * (s / w)``) and exactly once rounded to the fp32 the optimizer works in."""
-    cfg = load_config(DEBUG, sets)
+    cfg = load_config(DEBUG_CONFIG, sets)
     t = cfg.train
     steps = sorted({0, 1, 2, 3, t.warmup_steps - 1, t.warmup_steps, t.warmup_steps + 1, t.steps // 2,
                     t.steps - 1, t.steps, t.steps + 3})
@@ -231,7 +226,7 @@ def test_two_ranks_equal_one_rank_with_grad_accum_2(isolated, tmp_path):
     entry = tmp_path / "two_rank_entry.py"
     entry.write_text(TWO_RANK_ENTRY)
     out = tmp_path / "two_ranks"
-    res = isolated.run([TORCHRUN, "--standalone", "--nproc_per_node=2", entry, DEBUG, out, *SHORT],
+    res = isolated.run([TORCHRUN, "--standalone", "--nproc_per_node=2", entry, DEBUG_CONFIG, out, *SHORT],
                        timeout=400, env=_env())
     assert res.returncode == 0, res.stdout[-5000:]
     two_ranks = json.loads((out / "result.json").read_text())["losses"]

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import shlex
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-DEBUG = ROOT / "configs" / "debug.yaml"
+from helpers import DEBUG_CONFIG
 
 
 @pytest.mark.slow
@@ -23,7 +21,7 @@ def test_two_node_c10d_rendezvous_trains_and_exports(isolated, tmp_path):
         argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node_rank}",
                 "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
                 "--rdzv_id=pvq-multinode-test", "--max_restarts=0",
-                "-m", "pvq_model.train", "--config", str(DEBUG), "--out", str(out)]
+                "-m", "pvq_model.train", "--config", str(DEBUG_CONFIG), "--out", str(out)]
         for o in overrides:
             argv += ["--set", o]
         return shlex.join(argv) + f" > {shlex.quote(str(tmp_path / f'node{node_rank}.log'))} 2>&1"

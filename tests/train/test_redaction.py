@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from data_prep.storage import redact, redact_tree
+from helpers import DEBUG_CONFIG
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("uri, expected", [
@@ -55,7 +54,7 @@ def test_mlflow_params_tags_and_config_have_no_credentials(tmp_path):
 def test_printed_launch_plan_has_no_credentials(tmp_path):
     from pvq_model.launch.plan import LaunchRequest, format_plan, plan
 
-    p = plan(LaunchRequest(ROOT / "configs" / "debug.yaml", [], tmp_path / "run", "local", nproc=2, gpu=False,
+    p = plan(LaunchRequest(DEBUG_CONFIG, [], tmp_path / "run", "local", nproc=2, gpu=False,
                            env={"MLFLOW_TRACKING_URI": "http://alice:hunter2@127.0.0.1:5000"}))
     assert "hunter2" in p.command  # the command that runs keeps the real URI
     text = format_plan(p)

@@ -4,7 +4,6 @@ runs on CPU (torchrun, gloo, bf16) inside the loopback-only namespace of infra/l
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +15,8 @@ from safetensors.torch import load_file
 from pvq_model.config import load_config
 from pvq_model.train.ds_config import build_ds_config, reduce_bucket_elements
 from pvq_model.train.ema import EMA
+from helpers import DEBUG_CONFIG, ISOLATED, ROOT, trainer_env
 
-ROOT = Path(__file__).resolve().parents[2]
-ISOLATED = ROOT / "infra" / "local" / "isolated.sh"
 
 
 @pytest.mark.parametrize("step, lr", [(0, 0.0), (5_000, 5e-6), (10_000, 1e-5), (405_000, 5e-6), (800_000, 0.0)])
@@ -57,12 +55,10 @@ def test_ema_update_rule():
 
 
 def _train(out: Path, *sets: str, nproc: int = 2, extra: tuple[str, ...] = ()) -> dict:
-    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(ROOT / ".cache" / "torch_extensions"),
-           "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONWARNINGS": "ignore::FutureWarning"}
-    env.pop("MLFLOW_TRACKING_URI", None)  # the runs log to sqlite in their run directory
+    env = trainer_env()  # the runs log to sqlite in their run directory
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(ISOLATED), str(torchrun), "--standalone", f"--nproc_per_node={nproc}", "-m", "pvq_model.train",
-           "--config", str(ROOT / "configs" / "debug.yaml"), "--out", str(out),
+           "--config", str(DEBUG_CONFIG), "--out", str(out),
            "--set", "train.persistence_threshold=0", *[a for s in sets for a in ("--set", s)], *extra]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -93,7 +89,7 @@ def test_two_ranks_zero3_bf16_loss_decreases_on_a_fixed_batch(tmp_path, deepspee
     assert [m.step for m in history] == list(range(16))
     assert [m.value for m in history] == pytest.approx(losses)
     # the engine's LR follows the schedule exactly: 0 at step 0, warm-up over 2 steps, linear decay
-    cfg = load_config(ROOT / "configs" / "debug.yaml", ["train.steps=16", "train.warmup_steps=2"])
+    cfg = load_config(DEBUG_CONFIG, ["train.steps=16", "train.warmup_steps=2"])
     lrs = [m.value for m in client.get_metric_history(run.info.run_id, "lr")]
     assert lrs == pytest.approx([deepspeed_lr_at(cfg, s) for s in range(16)], abs=1e-12)
     assert lrs[0] == 0.0 and lrs[2] == pytest.approx(1e-3)
@@ -124,9 +120,8 @@ def test_sigterm_checkpoints_and_resume_continues(tmp_path):
     import time
 
     out = tmp_path / "run"
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONWARNINGS": "ignore::FutureWarning"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [sys.executable, "-m", "pvq_model.train", "--config", str(ROOT / "configs" / "debug.yaml"),
+    env = trainer_env()
+    cmd = [sys.executable, "-m", "pvq_model.train", "--config", str(DEBUG_CONFIG),
            "--out", str(out), "--set", "train.steps=500", "--set", "train.checkpoint_every=100000"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300

@@ -8,7 +8,8 @@ import torch
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pvq_model.config import load_config, read_yaml
+from pvq_common.config import read_yaml
+from pvq_model.config import load_config
 from pvq_model.decoder import Decoder
 from pvq_model.rates import bits_per_pixel, bits_per_token, compression_ratio, latent_shape, token_grids
 from pvq_model.vae import PVQVAE

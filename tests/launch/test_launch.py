@@ -20,10 +20,9 @@ from pvq_model.launch.cli import run
 from pvq_model.launch.geometry import Geometry, LaunchError
 from pvq_model.launch.plan import LaunchRequest, plan
 from pvq_model.train import ds_config
+from helpers import DEBUG_CONFIG, ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
-DEBUG = ROOT / "configs" / "debug.yaml"
 PAPER = ROOT / "configs" / "paper.yaml"
 
 
@@ -59,7 +58,7 @@ def srun_command(text: str) -> list[str]:
 
 # ------------------------------------------------------------------------------ geometry
 def test_default_geometry_follows_config_and_launcher():
-    paper, debug = load_config(PAPER), load_config(DEBUG)
+    paper, debug = load_config(PAPER), load_config(DEBUG_CONFIG)
     assert geometry.default_geometry(paper, "slurm", None, None) == Geometry(8, 8)
     assert geometry.default_geometry(paper, "deepspeed", None, None).world_size == 64
     assert geometry.default_geometry(debug, "local", None, None) == Geometry(1, 2)
@@ -79,31 +78,31 @@ def test_geometry_overrides_keep_the_config_valid_and_the_batch_arithmetic():
     t = cfg.train
     assert (t.nodes, t.gpus_per_node, t.world_size) == (1, 8, 8)
     assert t.global_batch == 4 * 4 * 8 == 128
-    p = plan(LaunchRequest(DEBUG, ["train.steps=4"], Path("/tmp/unused"), "slurm", 1, 2, gpu=False, write_script=False))
+    p = plan(LaunchRequest(DEBUG_CONFIG, ["train.steps=4"], Path("/tmp/unused"), "slurm", 1, 2, gpu=False, write_script=False))
     assert p.overrides[0] == "train.steps=4"
-    assert load_config(DEBUG, p.overrides).train.world_size == 2
+    assert load_config(DEBUG_CONFIG, p.overrides).train.world_size == 2
 
 
 # ------------------------------------------------------------------------------ local
 def test_local_command_is_torchrun_standalone(tmp_path):
-    p = plan(LaunchRequest(DEBUG, ["train.steps=4"], tmp_path / "run", "local", gpu=False))
+    p = plan(LaunchRequest(DEBUG_CONFIG, ["train.steps=4"], tmp_path / "run", "local", gpu=False))
     assert p.argv[:3] == [PYTHON, "-m", "torch.distributed.run"]
     a = torchrun_args(p.argv)
     assert a.standalone and a.nnodes == "1" and a.nproc_per_node == "2"
     assert a.module and a.training_script == "pvq_model.train"
     t = trainer_args(a.training_script_args)
-    assert t.config == DEBUG.resolve() and t.out == (tmp_path / "run").resolve()
+    assert t.config == DEBUG_CONFIG.resolve() and t.out == (tmp_path / "run").resolve()
     assert t.overrides == ["train.steps=4"]
     assert p.backend == "gloo" and p.env == {"GLOO_SOCKET_IFNAME": "lo"}
-    assert plan(LaunchRequest(DEBUG, [], tmp_path, "local", gpu=True)).backend == "nccl"
+    assert plan(LaunchRequest(DEBUG_CONFIG, [], tmp_path, "local", gpu=True)).backend == "nccl"
     assert p.command.startswith("GLOO_SOCKET_IFNAME=lo ") and shlex.split(p.command)[1:] == p.argv
 
 
 def test_single_runs_the_entry_point_directly(tmp_path):
-    p = plan(LaunchRequest(DEBUG, [], tmp_path, "single", gpu=False))
+    p = plan(LaunchRequest(DEBUG_CONFIG, [], tmp_path, "single", gpu=False))
     assert p.argv[:3] == [PYTHON, "-m", "pvq_model.train"]
     # one process: the recorded config says so and still validates
-    cfg = load_config(DEBUG, p.overrides)
+    cfg = load_config(DEBUG_CONFIG, p.overrides)
     assert (cfg.train.world_size, cfg.train.global_batch) == (1, 1)
 
 
@@ -163,7 +162,7 @@ def test_sbatch_script_for_the_paper_run(tmp_path):
 
 
 def test_sbatch_script_packs_nodes_for_the_one_node_cluster(tmp_path):
-    p = plan(LaunchRequest(DEBUG, ["train.steps=4"], tmp_path, "slurm", 1, 2, gpu=False, slurm_nodes=1,
+    p = plan(LaunchRequest(DEBUG_CONFIG, ["train.steps=4"], tmp_path, "slurm", 1, 2, gpu=False, slurm_nodes=1,
                            cpus_per_task=1, rdzv_host="127.0.0.1", rdzv_port=29577,
                            env={"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}))
     d = sbatch_directives(p.script_text)
@@ -172,7 +171,7 @@ def test_sbatch_script_packs_nodes_for_the_one_node_cluster(tmp_path):
     assert "RDZV_HOST=127.0.0.1\n" in p.script_text and "RDZV_PORT=29577\n" in p.script_text
     assert "export GLOO_SOCKET_IFNAME=lo\n" in p.script_text
     with pytest.raises(LaunchError, match="do not split evenly"):
-        plan(LaunchRequest(DEBUG, [], tmp_path, "slurm", 1, 3, gpu=False, slurm_nodes=2))
+        plan(LaunchRequest(DEBUG_CONFIG, [], tmp_path, "slurm", 1, 3, gpu=False, slurm_nodes=2))
     # the exports and the rendezvous line really run in bash: execute the script's prologue
     prologue = p.script_text.split("echo \"pvq:")[0]
     res = subprocess.run(["bash", "-c", prologue.replace("set -euo pipefail", "set -eu")
@@ -208,7 +207,7 @@ def test_count_params_on_meta_matches_a_real_model_and_deepspeed():
 
     from pvq_model.vae import PVQVAE
 
-    cfg = load_config(DEBUG)
+    cfg = load_config(DEBUG_CONFIG)
     torch.manual_seed(0)
     real = PVQVAE(cfg)
     with torch.device("meta"):
@@ -234,7 +233,7 @@ def test_dry_run_prints_the_command_and_zero3_memory(tmp_path, capsys):
 
 
 def test_bad_override_is_reported_not_launched(tmp_path, capsys):
-    rc = run(LaunchRequest(DEBUG, ["train.nope=1"], tmp_path, "local"), dry_run=False)
+    rc = run(LaunchRequest(DEBUG_CONFIG, ["train.nope=1"], tmp_path, "local"), dry_run=False)
     err = capsys.readouterr().err
     assert rc == 2 and "train.nope: unknown key" in err
     assert not (tmp_path / "launch").exists()
@@ -248,7 +247,7 @@ def test_launchers_give_each_rank_its_environment(launcher, isolated, probe_entr
     hf = tmp_path / "hostfile"
     hf.write_text("localhost slots=2\n")
     port = isolated.free_port()
-    res = isolated.run([PYTHON, "-m", "pvq_model.launch", "--config", DEBUG, "--out", out,
+    res = isolated.run([PYTHON, "-m", "pvq_model.launch", "--config", DEBUG_CONFIG, "--out", out,
                         "--launcher", launcher, "--cpu", "--entry", probe_entry, "--hostfile", hf,
                         "--master-port", port, "--set", "train.steps=4", "--timeout", 120], timeout=150)
     assert res.returncode == 0, res.stdout[-4000:]
@@ -259,7 +258,7 @@ def test_launchers_give_each_rank_its_environment(launcher, isolated, probe_entr
         assert rec["env"]["RANK"] == str(r) and rec["env"]["LOCAL_RANK"] == str(r)
         assert rec["env"]["WORLD_SIZE"] == "2" and rec["env"]["GLOO_SOCKET_IFNAME"] == "lo"
         assert rec["sets"] == ["train.steps=4"] and rec["out"] == str(out.resolve())
-        assert rec["config"] == str(DEBUG.resolve())
+        assert rec["config"] == str(DEBUG_CONFIG.resolve())
     if launcher == "deepspeed":
         assert {rec["env"]["MASTER_ADDR"] for rec in ranks.values()} == {"127.0.0.1"}
         assert {rec["env"]["MASTER_PORT"] for rec in ranks.values()} == {str(port)}
@@ -271,7 +270,7 @@ def test_launchers_run_the_real_trainer(launcher, isolated, tmp_path):
     out = tmp_path / "run"
     hf = tmp_path / "hostfile"
     hf.write_text("localhost slots=2\n")
-    res = isolated.run([PYTHON, "-m", "pvq_model.launch", "--config", DEBUG, "--out", out,
+    res = isolated.run([PYTHON, "-m", "pvq_model.launch", "--config", DEBUG_CONFIG, "--out", out,
                         "--launcher", launcher, "--cpu", "--hostfile", hf, "--master-port", isolated.free_port(),
                         "--set", "train.steps=4", "--timeout", 200], timeout=240)
     assert res.returncode == 0, res.stdout[-6000:]

@@ -45,17 +45,23 @@ def test_tiled_encode_without_fft_matches_with_large_halo(configs):
 
 
 def test_tiled_reconstruction_tolerance_with_fft(configs):
-    """The FFT branch is global, so tiles see a different spectrum than the whole clip. Measured on
-    the debug model: the reconstruction differs from the untiled one by far less than the signal."""
+    """The FFT branch is global, so tiles can see a different spectrum than the whole clip: the tiled
+    latent may differ from the untiled one (bound 0.25 relative; a new model's spectral weights are
+    zero, so here it is exact). Then every pyramid level picks the same codes and the reconstruction
+    (decoded with the exact halo) equals the untiled one up to float rounding."""
     model = model_for(configs, "inference.tile_halo=64", "inference.chunk_halo=16")
     g = torch.Generator().manual_seed(0)
     x = torch.nn.functional.avg_pool3d(torch.rand(1, 3, 32, 128, 128, generator=g), 5, 1, 2) * 2 - 1
-    tiled, _ = model.reconstruct(x, tiled=True)
-    untiled, _ = model.reconstruct(x, tiled=False)
-    assert tiled.shape == untiled.shape == x.shape
-    z_t, z_u = model.encode_tiled(x), model.encode(x)
+    with torch.no_grad():
+        tiled, q_t = model.reconstruct(x, tiled=True)
+        untiled, q_u = model.reconstruct(x, tiled=False)
+        z_t, z_u = model.encode_tiled(x), model.encode(x)
     rel = (z_t - z_u).norm() / z_u.norm()
     assert rel < 0.25, float(rel)
+    assert len(q_t.indices) == len(q_u.indices) > 1
+    assert all(torch.equal(a, b) for a, b in zip(q_t.indices, q_u.indices))
+    assert tiled.shape == untiled.shape == x.shape
+    assert torch.allclose(tiled, untiled, atol=1e-5 * untiled.abs().max().item()), (tiled - untiled).abs().max()
 
 
 @pytest.mark.slow

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-DEBUG = ROOT / "configs" / "debug.yaml"
+from helpers import DEBUG_CONFIG, ROOT
+
 SLURM = ROOT / "infra" / "local" / "slurm"
 
 
@@ -53,7 +53,7 @@ def slurm_state():
 
 
 def launch_argv(out: Path, port: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pvq_model.launch", "--config", str(DEBUG), "--out", str(out),
+    return [sys.executable, "-m", "pvq_model.launch", "--config", str(DEBUG_CONFIG), "--out", str(out),
             "--launcher", "slurm", "--cpu", "--nnodes", "2", "--nproc", "1", "--slurm-nodes", "1",
             "--cpus-per-task", "1", "--rdzv-host", "127.0.0.1", "--rdzv-port", str(port),
             "--env", "GLOO_SOCKET_IFNAME=lo", "--env", "OMP_NUM_THREADS=1",

@@ -1,0 +1,139 @@
+"""Plain constants and functions the test modules share (``from helpers import ROOT``: pytest puts
+tests/ on ``sys.path`` when it loads tests/conftest.py). Fixtures live in tests/conftest.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pvq_common.env import local_env
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+DEBUG_CONFIG = CONFIGS / "debug.yaml"
+ISOLATED = ROOT / "infra" / "local" / "isolated.sh"
+SLURM_DIR = ROOT / "infra" / "local" / "slurm"
+TORCH_EXTENSIONS = os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+"""The cached DeepSpeed JIT ops (shm_comm builds once, ~70 s)."""
+
+RANK_ENV = {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+"""What every launched rank adds: loopback gloo, one thread per rank (2 cores)."""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 (inside a private namespace every port is free anyway)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def trainer_env(**extra: str) -> dict[str, str]:
+    """The environment of a trainer subprocess: this process's with the loopback-only settings
+    (``pvq_common.env.local_env``), the cached JIT ops, FutureWarnings off, unbuffered output and no
+    ``MLFLOW_TRACKING_URI`` (each run logs to sqlite in its own directory); then ``extra``."""
+    env = local_env()
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return {**env, "TORCH_EXTENSIONS_DIR": TORCH_EXTENSIONS, "PYTHONWARNINGS": "ignore::FutureWarning",
+            "PYTHONUNBUFFERED": "1", **extra}
+
+
+def rank_env(**extra: str) -> dict[str, str]:
+    """:func:`trainer_env` plus :data:`RANK_ENV`: the environment of ranks a launcher starts."""
+    return trainer_env(**RANK_ENV, **extra)
+
+
+def debug_model(*overrides: str, seed: int = 0):
+    """A randomly initialised (``torch.manual_seed(seed)``) debug model (configs/debug.yaml + overrides) in eval mode."""
+    import torch
+
+    from pvq_model.config import load_config
+    from pvq_model.vae import PVQVAE
+
+    torch.manual_seed(seed)
+    return PVQVAE(load_config(DEBUG_CONFIG, list(overrides))).eval()
+
+
+# Stands in for `python -m pvq_model.train` where a test checks what a launcher starts: each rank
+# joins the process group from the environment, all-reduces rank + 1 and records what it saw.
+PROBE = r'''
+import argparse, json, os
+from pathlib import Path
+import torch, torch.distributed as dist
+ap = argparse.ArgumentParser()
+ap.add_argument("--config"); ap.add_argument("--out"); ap.add_argument("--set", action="append", default=[])
+a = ap.parse_args()
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+t = torch.tensor([float(rank + 1)])
+dist.all_reduce(t)
+keys = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
+        "GLOO_SOCKET_IFNAME", "SLURM_JOB_ID", "SLURM_PROCID"]
+rec = {"rank": rank, "world": world, "sum": t.item(), "config": a.config, "out": a.out, "sets": a.set,
+       "env": {k: os.environ.get(k) for k in keys}, "pid": os.getpid()}
+d = Path(a.out) / "probe"; d.mkdir(parents=True, exist_ok=True)
+(d / f"rank{rank}.json").write_text(json.dumps(rec))
+dist.barrier()
+dist.destroy_process_group()
+'''
+
+
+def run_isolated(argv: list[str], *, timeout: float, env: dict[str, str] | None = None,
+                 cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run ``argv`` inside ``infra/local/isolated.sh`` (a private network namespace with loopback
+    only and a private /etc/hosts, so torch's c10d name lookups never leave the machine; DESIGN.md
+    §5) in its own process group; on timeout the whole group (isolated.sh, launchers, ranks) is
+    stopped and the test fails with the output."""
+    proc = subprocess.Popen([str(ISOLATED), *map(str, argv)], cwd=cwd, env=env or rank_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        from pvq_model.launch.cli import stop_group
+
+        stop_group(proc, grace_s=15)
+        out, _ = proc.communicate()
+        pytest.fail(f"timed out after {timeout}s: {' '.join(map(str, argv))}\n{(out or '')[-6000:]}")
+    return subprocess.CompletedProcess(argv, proc.returncode, out, "")
+
+
+def read_probe(out: Path) -> dict[int, dict]:
+    """What each :data:`PROBE` rank recorded under ``out``, by rank."""
+    return {int(p.stem[4:]): json.loads(p.read_text()) for p in sorted((out / "probe").glob("rank*.json"))}
+
+
+def check_export(out: Path, steps: int) -> dict:
+    """The trainer's export in ``out``: finite fp32 weights of the whole model, loadable with
+    ``PVQVAE.from_pretrained`` (no deepspeed), and ``result.json`` at ``steps``."""
+    import torch
+    from safetensors.torch import load_file
+
+    from pvq_model.vae import PVQVAE
+
+    weights = load_file(str(out / "export" / "model.safetensors"))
+    assert weights and all(bool(torch.isfinite(v).all()) for v in weights.values())
+    assert {v.dtype for v in weights.values()} == {torch.float32}
+    model = PVQVAE.from_pretrained(out / "export")
+    assert set(model.state_dict()) == set(weights)
+    assert sum(v.numel() for v in weights.values()) == sum(v.numel() for v in model.state_dict().values())
+    assert json.loads((out / "result.json").read_text())["step"] == steps
+    return weights
+
+
+class Isolated:
+    """What the ``isolated`` fixture gives the multi-process tests (tests/train, tests/launch)."""
+
+    root = ROOT
+    python = sys.executable
+    slurm_dir = SLURM_DIR
+    run = staticmethod(run_isolated)
+    env = staticmethod(rank_env)
+    free_port = staticmethod(free_port)
+    read_probe = staticmethod(read_probe)
+    check_export = staticmethod(check_export)
