@@ -11,6 +11,7 @@ import pytest
 
 from flows import registry
 from flows.common import MODEL_NAME
+from helpers import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +125,6 @@ def test_reproduce_dry_run_prints_checkout_and_launch_command(trained, mlflow_ur
 
 def test_ablate_flow_runs_each_variant_as_a_task(harness, trained, session_dir, tmp_path):
     from flows.ablate import ablate_flow
-    from tests.conftest import ROOT
 
     _, data = trained
     state = ablate_flow(configs=[str(ROOT / "configs" / "ablations" / "lfq.yaml")], data=data, steps=2,
@@ -141,7 +141,6 @@ def test_ablate_flow_runs_each_variant_as_a_task(harness, trained, session_dir, 
 
 def test_ablate_flow_fails_fast_on_a_bad_config(harness, trained, tmp_path):
     from flows.ablate import ablate_flow
-    from tests.conftest import ROOT
 
     _, data = trained
     broken = tmp_path / "broken.yaml"
