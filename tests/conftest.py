@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ISOLATED, PROBE, ROOT, TORCH_EXTENSIONS, Isolated, debug_model
+from helpers import ISOLATED, ROOT, TORCH_EXTENSIONS, Isolated, debug_model
 from pvq_common.env import missing_local_env
 
 MEDIA = Path(os.environ.get("PVQ_MEDIA_DIR", ROOT.parent / "shared" / "media"))
@@ -60,11 +60,3 @@ def isolated() -> Isolated:
     assert lines[0].split()[:2] == ["::ffff:127.0.0.1", "localhost"] and lines[1].startswith("::1 ")
     assert all(" lo " in ln for ln in lines[2:]), "the namespace must hold loopback only"
     return Isolated()
-
-
-@pytest.fixture
-def probe_entry(tmp_path: Path) -> Path:
-    """A file holding :data:`helpers.PROBE`, the stand-in trainer of the launcher tests."""
-    path = tmp_path / "probe_entry.py"
-    path.write_text(PROBE)
-    return path

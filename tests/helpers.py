@@ -59,30 +59,6 @@ def debug_model(*overrides: str, seed: int = 0):
     return PVQVAE(load_config(DEBUG_CONFIG, list(overrides))).eval()
 
 
-# Stands in for `python -m pvq_model.train` where a test checks what a launcher starts: each rank
-# joins the process group from the environment, all-reduces rank + 1 and records what it saw.
-PROBE = r'''
-import argparse, json, os
-from pathlib import Path
-import torch, torch.distributed as dist
-ap = argparse.ArgumentParser()
-ap.add_argument("--config"); ap.add_argument("--out"); ap.add_argument("--set", action="append", default=[])
-a = ap.parse_args()
-dist.init_process_group("gloo")
-rank, world = dist.get_rank(), dist.get_world_size()
-t = torch.tensor([float(rank + 1)])
-dist.all_reduce(t)
-keys = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
-        "GLOO_SOCKET_IFNAME", "SLURM_JOB_ID", "SLURM_PROCID"]
-rec = {"rank": rank, "world": world, "sum": t.item(), "config": a.config, "out": a.out, "sets": a.set,
-       "env": {k: os.environ.get(k) for k in keys}, "pid": os.getpid()}
-d = Path(a.out) / "probe"; d.mkdir(parents=True, exist_ok=True)
-(d / f"rank{rank}.json").write_text(json.dumps(rec))
-dist.barrier()
-dist.destroy_process_group()
-'''
-
-
 def run_isolated(argv: list[str], *, timeout: float, env: dict[str, str] | None = None,
                  cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """Run ``argv`` inside ``infra/local/isolated.sh`` (a private network namespace with loopback
@@ -104,7 +80,7 @@ def run_isolated(argv: list[str], *, timeout: float, env: dict[str, str] | None 
 
 
 def read_probe(out: Path) -> dict[int, dict]:
-    """What each :data:`PROBE` rank recorded under ``out``, by rank."""
+    """What each rank of the stand-in trainer (``PROBE`` in tests/launch/conftest.py) recorded under ``out``, by rank."""
     return {int(p.stem[4:]): json.loads(p.read_text()) for p in sorted((out / "probe").glob("rank*.json"))}
 
 

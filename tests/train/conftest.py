@@ -1,4 +1,4 @@
-"""Fixtures of tests/train only (the shared ones, ``isolated`` and ``probe_entry``, are in tests/conftest.py)."""
+"""Fixtures of tests/train only (the shared ``isolated`` runner is in tests/conftest.py)."""
 
 from __future__ import annotations
 
