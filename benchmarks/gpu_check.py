@@ -52,7 +52,7 @@ CHECK_LIMIT_S = {"bf16_grads": 60, "zero3_256x16": 90, "zero3_1080p_x16": 150, "
 STREAM = ["inference.tile_size=512", "inference.tile_overlap=32", "inference.tile_halo=32",
           "inference.chunk_frames=32", "inference.chunk_overlap=0", "inference.chunk_halo=0",
           "inference.decode_halo=64", "inference.decode_halo_frames=16"]
-"""benchmarks/tiled_memory.py's bounded-memory settings (kept equal by tests/test_gpu_check.py)."""
+"""benchmarks/tiled_memory.py's bounded-memory settings (kept equal by tests/benchmarks/test_gpu_check.py)."""
 
 
 def one_rank(cfg_overrides: list[str]) -> list[str]:
