@@ -77,9 +77,9 @@ def s3_with_auth(monkeypatch):
     import boto3
     import requests
 
-    from tests.data.conftest import _free_port
+    from helpers import free_port
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
