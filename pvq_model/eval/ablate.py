@@ -14,7 +14,8 @@ evaluate each EMA export, and write the comparison with the seed spread.
   store apart, and a crash of one run is recorded in the table instead of ending the comparison. A
   run whose ``result.json`` already reports the full step budget is not trained again (re-running
   the harness after an interruption only trains what is missing). Runs go seed by seed (every
-  variant at the first seed, then the next seed), so an interrupted run has a whole table early.
+  variant at the first seed, then the next seed), so an interrupted run has a whole table early; ``jobs``
+  of them train at once (``pvq ablate --jobs``), each child on its share of the cores.
 * Each EMA export is evaluated with :func:`pvq_model.eval.evaluate.evaluate` on the ``split`` of the same
   shard dataset.
 * The table gives mean ± std over the seeds (sample std, ddof=1; one seed: the value) and the
