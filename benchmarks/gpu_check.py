@@ -199,7 +199,7 @@ def check_bf16_grads(smoke: bool, **_) -> dict:
             "native_bf16_conv": dev.type == "cuda", "ok": not nonfinite}
 
 
-def _zero3(shape, smoke: bool, peak_override: float | None, data_overrides: list[str], measure_flops: bool = True):
+def _zero3(shape, smoke: bool, data_overrides: list[str], measure_flops: bool = True):
     """Steps of the trainer's own ZeRO-3 engine; returns (step times, data-wait fractions, cfg, extra)."""
     import torch
 
@@ -242,7 +242,7 @@ def _zero3(shape, smoke: bool, peak_override: float | None, data_overrides: list
 
 
 def _zero3_check(shape, smoke: bool, peak_tflops: float | None = None) -> dict:
-    times, _, cfg, extra = _zero3(shape, smoke, peak_tflops, [])
+    times, _, cfg, extra = _zero3(shape, smoke, [])
     step_s = statistics.median(times)
     train_flops = 3 * extra["flops_forward"] * cfg.train.micro_batch * cfg.train.grad_accum
     peak, peak_source = _peak_tflops(peak_tflops)
@@ -300,7 +300,7 @@ def check_loader(smoke: bool, shards: str = "", **_) -> dict:
                                 f"and carry .gpu")
     buckets = ShardLoader(shards, split="train").buckets
     w, h = (int(v) for v in buckets[0].split("x"))
-    _, waits, cfg, extra = _zero3((16, h, w), smoke, None, [f"train.data_path={shards}",
+    _, waits, cfg, extra = _zero3((16, h, w), smoke, [f"train.data_path={shards}",
                                                           f"train.data_buckets=[\"{buckets[0]}\"]"],
                                   measure_flops=False)
     wait = statistics.median(waits)
