@@ -165,8 +165,12 @@ def latest(root: Path) -> str | None:
 
 
 def load(root: Path, tag: str, engine_g, engine_d, ema, rank: int) -> int:
-    """Restore a checkpoint; returns its step. Refuses an untrusted folder (:func:`check_trusted`)."""
+    """Restore a checkpoint; returns its step. Refuses an untrusted folder (:func:`check_trusted`) and
+    one written by another number of ranks (convert it with :mod:`pvq_model.train.reshard`)."""
     check_trusted(root)
+    from .reshard import check_world_size
+
+    check_world_size(root, tag, dist.get_world_size() if dist.is_initialized() else 1)
     _, client = engine_g.load_checkpoint(str(root / "g"), tag=tag)
     engine_d.load_checkpoint(str(root / "d"), tag=tag)
     ema.load_state_dict(load_file(root / "ema" / f"{tag}.safetensors"))

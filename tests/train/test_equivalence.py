@@ -69,31 +69,6 @@ plain loop <= 2.1e-4 (1 rank) and <= 1.8e-4 (grad-accum 2); the fp32 floor (the 
 itself with the norm summed in float64) <= 2.8e-4. A one-step LR lag moves the losses by 2e-2 to
 0.9 from step 2 on (a real bug: WarmupDecayLR without the trainer's alignment)."""
 
-# Stands in for `python -m pvq_model.train` in the 2-rank run, only to hand the trainer a batch
-# source under which each global batch holds the clips of the 1-rank x grad-accum-2 run.
-TWO_RANK_ENTRY = r'''
-import json, sys
-from pathlib import Path
-import torch.distributed as dist
-from pvq_model.config import load_config
-from pvq_model.train.data import training_batches
-from pvq_model.train.loop import train
-
-def one_rank_order(cfg, rank, world, start):
-    """Rank r's m-th micro-batch: micro-batch (m // A) * A * W + r * A + m % A of the 1-rank stream."""
-    a, m = cfg.train.grad_accum, start
-    while True:
-        yield next(training_batches(cfg, 0, 1, (m // a) * a * world + rank * a + m % a))
-        m += 1
-
-config, out, *sets = sys.argv[1:]
-res = train(load_config(config, sets), Path(out), batches=one_rank_order)
-if dist.get_rank() == 0:
-    (Path(out) / "result.json").write_text(json.dumps({"step": res.step, "losses": res.losses}))
-dist.destroy_process_group()
-'''
-
-
 def _env() -> dict[str, str]:
     return rank_env()  # each run logs to sqlite in its own directory
 
@@ -223,10 +198,11 @@ def test_two_ranks_equal_one_rank_with_grad_accum_2(isolated, tmp_path):
         accum = accum_run.losses()
     finally:
         accum_run.stop()
-    entry = tmp_path / "two_rank_entry.py"
-    entry.write_text(TWO_RANK_ENTRY)
+    # the trainer's own batches: a step's micro-batch slots (rank x grad_accum + a) hold the same
+    # clips however they are split between ranks and accumulation (pvq_model.train.data)
     out = tmp_path / "two_ranks"
-    res = isolated.run([TORCHRUN, "--standalone", "--nproc_per_node=2", entry, DEBUG_CONFIG, out, *SHORT],
+    res = isolated.run([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "pvq_model.train",
+                        "--config", DEBUG_CONFIG, "--out", out, *[a for s in SHORT for a in ("--set", s)]],
                        timeout=400, env=_env())
     assert res.returncode == 0, res.stdout[-5000:]
     two_ranks = json.loads((out / "result.json").read_text())["losses"]
