@@ -13,7 +13,10 @@ on a warm cluster, and the first run with and without ``ray.init``. Input: ``--v
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -46,6 +49,83 @@ def _ffmpeg_job(args: tuple) -> int:
     return len(windows)
 
 
+def _sh_pool(scripts: list[Path], workers: int) -> None:
+    """Run shell scripts ``workers`` at a time (``xargs -P``), as one process, the way a person would."""
+    subprocess.run(["xargs", "-0", "-P", str(workers), "-n", "1", "sh"], input="\0".join(map(str, scripts)).encode(),
+                   check=True, capture_output=True)
+
+
+def cold(a: argparse.Namespace, videos: list[str], work: Path) -> None:
+    """Whole processes: ``pvq data shard`` on ``--cold-videos`` real videos vs the same cuts by plain
+    ffmpeg over ``xargs -P workers``; each side at ffmpeg ``-threads 1`` and ``0`` (auto), its best counts."""
+    picked = sorted(videos)[1::2][:a.cold_videos]
+    src = work / "cold-src"
+    src.mkdir()
+    for v in picked:
+        (src / Path(v).name).symlink_to(v)
+    overrides = ["clips.lengths=[16]", "buckets.scales=[[256,256]]", f"clips.max_clips_per_video={a.cold_clips}",
+                 "shards.val_fraction=0.0", *a.set]
+    cfg = load_shard_config(ROOT / "configs" / "shard" / "default.yaml", overrides)
+    scripts: dict[int, list[Path]] = {}
+    n_clips = 0
+    for threads in (1, 0):
+        enc = dataclasses.replace(cfg.encode, threads=threads)
+        scripts[threads] = []
+        n_clips = 0
+        for i, v in enumerate(sorted(picked, key=lambda v: -os.path.getsize(v))):  # largest first, as the job
+            p = probe(v)
+            windows = plan_windows(p.frames, cfg.clips, seed=cfg.seed, source_id=v)
+            crop = center_crop(p.width, p.height, *choose_bucket(p.width, p.height, cfg.buckets.scales))
+            d = work / f"ff{threads}" / f"{i:03d}"
+            d.mkdir(parents=True)
+            sh = d.with_suffix(".sh")
+            sh.write_text(shlex.join(video_command(v, windows, crop, p.fps, enc, str(d / "clip%04d.mp4"))) + "\n")
+            scripts[threads].append(sh)
+            n_clips += len(windows)
+    pvq = shutil.which("pvq", path=str(Path(sys.executable).parent)) or "pvq"
+
+    def run_ffmpeg(threads: int) -> float:
+        for sh in scripts[threads]:
+            for f in sh.with_suffix("").glob("*.mp4"):
+                f.unlink()
+        t = time.perf_counter()
+        _sh_pool(scripts[threads], a.workers)
+        dt = time.perf_counter() - t
+        assert sum(len(list(sh.with_suffix("").glob("*.mp4"))) for sh in scripts[threads]) == n_clips
+        return dt
+
+    def run_pvq(threads: int) -> float:
+        out = work / "cold-out"
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = [pvq, "data", "shard", "-s", str(src), "-o", str(out), *(x for o in overrides for x in ("--set", o)),
+               "--set", f"encode.threads={threads}", "--set", f"ray.num_cpus={a.workers}"]
+        t = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        dt = time.perf_counter() - t
+        assert r.returncode == 0, r.stderr[-2000:]
+        stats = json.loads((out / "v000001" / "_stats.json").read_text())
+        assert stats["samples"] == n_clips and stats["errors"] == 0, (stats, n_clips)
+        times["job_wall_s"].append(stats["wall_s"])
+        return dt
+
+    times: dict[str, list[float]] = {"job_wall_s": []}
+    for k in range(a.repeats):  # alternate, so every variant sees the same machine load
+        for threads in (1, 0):
+            times.setdefault(f"ffmpeg_threads{threads}_s", []).append(run_ffmpeg(threads))
+            times.setdefault(f"pvq_threads{threads}_s", []).append(run_pvq(threads))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ff = min((med[f"ffmpeg_threads{t}_s"], t) for t in (1, 0))
+    ours = min((med[f"pvq_threads{t}_s"], t) for t in (1, 0))
+    res = {"mode": "cold", "videos": len(picked), "clips": n_clips, "workers": a.workers, "repeats": a.repeats,
+           "overrides": overrides, "ffmpeg_best": {"threads": ff[1], "s": round(ff[0], 3)},
+           "pvq_best": {"threads": ours[1], "s": round(ours[0], 3)}, "ratio": round(ff[0] / ours[0], 3),
+           **{f"median_{k}": round(v, 3) for k, v in med.items()},
+           **{k: [round(x, 3) for x in v] for k, v in times.items()}, "cpu_load_1min": os.getloadavg()[0]}
+    emit(res, f"cold: whole `pvq data shard` / plain ffmpeg (xargs -P {a.workers}) = {res['ratio']:.2f} (target >= "
+              f"0.60); best threads: ffmpeg {ff[1]} ({ff[0]:.2f} s), pvq {ours[1]} ({ours[0]:.2f} s), "
+              f"{n_clips} clips of {len(picked)} videos", a.json)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default = ROOT.parent / "shared" / "media" / "videos"
@@ -55,6 +135,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--sources-per-task", type=int, default=None, help="override ray.sources_per_task")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
+    ap.add_argument("--cold", action="store_true", help="time whole processes: `pvq data shard` vs plain ffmpeg")
+    ap.add_argument("--cold-videos", type=int, default=11, help="--cold: every other video, at most this many")
+    ap.add_argument("--cold-clips", type=int, default=4, help="--cold: clips.max_clips_per_video")
+    ap.add_argument("--set", action="append", default=[], help="--cold: extra shard-config override")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pvq-bench-shard-"))
     try:
@@ -64,6 +148,8 @@ def main() -> None:
                 make_video(a.videos / f"syn{i:02d}.mp4", ("testsrc2", "mandelbrot", "smptebars")[i % 3],
                            640, 360, 96 + 16 * (i % 3), 24)
         videos = sorted(str(p) for p in a.videos.glob("*.mp4"))
+        if a.cold:
+            return cold(a, videos, work)
         cfg = load_shard_config(ROOT / "configs" / "shard" / "default.yaml", [
             "clips.lengths=[16]", f"clips.max_clips_per_video={a.clips_per_video}",
             "buckets.scales=[[256,256]]", "shards.val_fraction=0.0", f"ray.num_cpus={a.workers}",

@@ -86,6 +86,13 @@ class ShardConfig:
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     shards: ShardWriteConfig = field(default_factory=ShardWriteConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    executor: str = "auto"
+    """Where the per-source tasks run: ``local`` (a process pool of ``ray.num_cpus`` workers on this
+    machine, no Ray start-up), ``ray``, or ``auto``: Ray when ``ray.address`` is set, when this process
+    is connected to Ray already, or for more than ``local_max_sources`` sources; else local. Both
+    write the same bytes (it is not part of :meth:`ShardConfig.fingerprint`)."""
+    local_max_sources: int = 500
+    """``executor: auto`` runs at most this many sources on the local pool."""
     hash_sources: bool = True
     """sha256 of every source (metadata, and change detection in ``refresh``)."""
     allowed_hosts: list[str] = field(default_factory=list)
@@ -123,6 +130,13 @@ def validate(cfg: ShardConfig) -> None:
         raise ConfigError("buckets.max_upscale: at least 1.0 (1.0 = never upscale)")
     if cfg.encode.codec not in ("h264", "lossless"):
         raise ConfigError(f"encode.codec: {cfg.encode.codec!r}; use 'h264' or 'lossless'")
+    if cfg.executor not in ("auto", "local", "ray"):
+        raise ConfigError(f"executor: {cfg.executor!r}; use 'auto', 'local' or 'ray'")
+    if cfg.executor == "local" and cfg.ray.address:
+        raise ConfigError(f"executor: 'local' runs on this machine only, but ray.address is {cfg.ray.address!r}; "
+                          f"set executor to 'ray' or 'auto', or ray.address to null")
+    if cfg.local_max_sources < 0 or cfg.ray.num_cpus < 1:
+        raise ConfigError("local_max_sources must be >= 0 and ray.num_cpus >= 1")
     if cfg.shards.maxcount < 1 or cfg.shards.maxsize < 1:
         raise ConfigError("shards.maxcount / shards.maxsize: must be positive")
     if not 0.0 <= cfg.shards.val_fraction < 1.0:

@@ -31,6 +31,7 @@ from typing import Callable, Iterator
 
 from data_prep import manifest, storage
 from data_prep.config import ShardConfig
+from data_prep.local_runtime import pick_executor
 from data_prep.planning import next_indices, plan_shards
 from data_prep.probe import sha256_file
 from data_prep.ray_runtime import ensure_ray, task_groups
@@ -122,14 +123,14 @@ def _shard(sources: list[str], out: str, cfg: ShardConfig, *, progress: Callable
     version = manifest.version_name(1)
     start_version(out, job_id(cfg, sources, None, items), version)
     storage.remove_temporaries(storage.join(out, version))
-    ensure_ray(cfg)
     work = work_dir(out, version, cfg)
     te = time.time()
-    clips, srcs, errors = encode_sources(items, cfg, work, progress and progress("sources", len(items)))
+    executor = pick_executor(cfg, len(items))
+    clips, srcs, errors = encode_sources(items, cfg, work, progress and progress("sources", len(items)), executor)
     t_encode = time.time() - te
     plans = plan_shards(clips, cfg)
     stats = finish_version(NewVersion(out, version, None, plans, srcs, errors, started=t0, encode_s=t_encode,
-                                      sources_processed=len(items)),
+                                      sources_processed=len(items), extra_stats={"executor": executor}),
                            cfg, progress and progress("shards", len(plans)))
     if not keep_work:
         drop_work(work)
@@ -186,7 +187,6 @@ def _refresh(sources: list[str], out: str, cfg: ShardConfig, *, progress: Callab
     version = manifest.version_name(manifest.version_number(prev["version"]) + 1)
     start_version(out, job_id(cfg, sources, prev["version"], items), version)
     storage.remove_temporaries(storage.join(out, version))
-    ensure_ray(cfg)
     work = work_dir(out, version, cfg)
     gone = changed | removed
     affected = {s["shard"] for s in prev["samples"] if s["source_id"] in gone}
@@ -196,7 +196,9 @@ def _refresh(sources: list[str], out: str, cfg: ShardConfig, *, progress: Callab
                                out, os.path.join(work, "carried"))
     todo = [i for i in items if i["id"] in changed | added]
     te = time.time()
-    clips, new_srcs, new_errors = encode_sources(todo, cfg, work, progress and progress("sources", len(todo)))
+    executor = pick_executor(cfg, len(todo))
+    clips, new_srcs, new_errors = encode_sources(todo, cfg, work, progress and progress("sources", len(todo)),
+                                                 executor)
     t_encode = time.time() - te
     plans = plan_shards(carried + clips, cfg, next_indices(prev["shards"]))
     todo_ids = {i["id"] for i in todo}
@@ -210,7 +212,7 @@ def _refresh(sources: list[str], out: str, cfg: ShardConfig, *, progress: Callab
                                       encode_s=t_encode, sources_processed=len(todo), kept_shards=kept_shards,
                                       kept_samples=kept_samples,
                                       extra_stats={"added": len(added), "changed": len(changed),
-                                                   "removed": len(removed)}),
+                                                   "removed": len(removed), "executor": executor}),
                            cfg, progress and progress("shards", len(plans)))
     if not keep_work:
         drop_work(work)

@@ -24,7 +24,8 @@ from data_prep.clips import plan_windows, split_of
 from data_prep.config import ShardConfig, shard_config_from_dict
 from data_prep.encode import EncodeError, encode_image, encode_video
 from data_prep.probe import probe, sha256_file
-from data_prep.ray_runtime import run_ray
+from data_prep.local_runtime import run_local
+from data_prep.ray_runtime import ensure_ray, run_ray
 from pvq_common.env import scoped_env
 
 
@@ -147,14 +148,28 @@ def process_sources_batch(batch: dict, cfg: dict, work_dir: str, env: dict) -> d
     return {"result": np.array(results, dtype=object)}
 
 
-def encode_sources(items: list[dict], cfg: ShardConfig, work_dir: str, progress: Callable | None
-                   ) -> tuple[list[dict], list[dict], list[dict]]:
-    """Run :func:`process_source` over ``items`` as Ray tasks; returns (clips, sources, errors), each
-    clip with ``path``: its encoded file in the work cache."""
+def _crashed(item: dict) -> dict:
+    """The result of a source whose worker process died twice while processing it."""
+    source = {k: item.get(k) for k in ("id", "uri", "kind", "caption", "size", "version")}
+    detail = f"{storage.redact(item['uri'])}: the worker process died while processing it (twice)"
+    return {"source": {**source, "sha256": "", "status": "internal_error", "clips": 0}, "clips": [],
+            "errors": [_error(item, "internal_error", detail)]}
+
+
+def encode_sources(items: list[dict], cfg: ShardConfig, work_dir: str, progress: Callable | None,
+                   executor: str = "ray") -> tuple[list[dict], list[dict], list[dict]]:
+    """Run :func:`process_source` over ``items`` as tasks on ``executor`` (``ray``: Ray Data, started
+    or joined here; ``local``: :func:`data_prep.local_runtime.run_local`); returns (clips, sources,
+    errors), each clip with ``path``: its encoded file in the work cache."""
     # largest first (by bytes): the long encodes start early and the short ones fill the tail
     items = sorted(items, key=lambda i: -max(i.get("size", 0), 0))
-    results = run_ray(items, process_sources_batch, "items", cfg.ray.sources_per_task,
-                      {"cfg": cfg.to_dict(), "work_dir": work_dir, "env": storage.s3_env()}, progress)
+    kwargs = {"cfg": cfg.to_dict(), "work_dir": work_dir, "env": storage.s3_env()}
+    if executor == "local":
+        results = run_local(items, process_sources_batch, "items", cfg.ray.sources_per_task, kwargs,
+                            cfg.ray.num_cpus, progress, _crashed)
+    else:
+        ensure_ray(cfg)
+        results = run_ray(items, process_sources_batch, "items", cfg.ray.sources_per_task, kwargs, progress)
     clips, sources, errors = [], [], []
     for r in results:
         for c in r["clips"]:
