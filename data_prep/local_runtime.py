@@ -43,7 +43,11 @@ def _context():
     # fork: the workers inherit the driver's imports (a spawned or forkserver worker re-imports
     # ~0.4 s of modules first). A driver connected to Ray holds gRPC threads that must not be
     # forked: then the workers come from a fresh fork server.
-    return multiprocessing.get_context("forkserver" if ray_running() else "fork")
+    if not ray_running():
+        return multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["data_prep.transform"])  # imported once, in the server
+    return ctx
 
 
 def run_local(rows: list, fn: Callable, key: str, per_task: int, fn_kwargs: dict, workers: int,
