@@ -50,6 +50,9 @@ class SourceItem:
     kind: str  # "video" | "image"
     error: str | None = None
     detail: str = ""
+    size: int | None = None
+    """Size and mtime/ETag when the listing gave them (a folder on S3), else ``None``: :func:`stat_sources` asks."""
+    version: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -211,7 +214,9 @@ def _under(uri: str, roots: list[str]) -> bool:
 def read_folder(spec: str, exclude: list[str] | None = None) -> Iterator[SourceItem]:
     """Every media file under ``spec``, except those under the folders in ``exclude`` (the job's own
     output tree when ``--out`` lies inside a source folder: its work cache holds mp4 files)."""
-    files = storage.find(spec)
+    # on S3 the listing carries each object's size and ETag: no HEAD per source in stat_sources
+    stats = storage.find_remote_info(spec) if storage.is_remote(spec) else {}
+    files = sorted(stats) if stats else storage.find(spec)
     names = set(files)
     root = spec.rstrip("/")
     roots = [_norm(e) for e in exclude or []]
@@ -222,7 +227,8 @@ def read_folder(spec: str, exclude: list[str] | None = None) -> Iterator[SourceI
         rel = uri[len(root):].lstrip("/") if uri.startswith(root) else posixpath.basename(uri)
         side = posixpath.splitext(uri)[0] + ".txt"
         caption = storage.read_text(side).strip() if side in names else ""
-        yield SourceItem(f"file:{rel}", uri, caption, kind)
+        st = stats.get(uri, {})
+        yield SourceItem(f"file:{rel}", uri, caption, kind, size=st.get("size"), version=st.get("version"))
 
 
 def list_sources(specs: list[str], exclude: list[str] | None = None) -> list[SourceItem]:
@@ -303,6 +309,8 @@ def check_hosts(items: list[SourceItem], allowed_hosts: list[str]) -> list[Sourc
 
 def _stat_item(it: SourceItem) -> dict:
     d = it.to_dict()
+    if it.error is None and it.size is not None:  # stat'ed by the listing
+        return d
     d.update(size=-1, version="")
     if it.error is None:
         try:
@@ -313,6 +321,7 @@ def _stat_item(it: SourceItem) -> dict:
 
 
 def stat_sources(items: list[SourceItem]) -> list[dict]:
-    """Items as dicts with ``size`` and ``version`` (mtime or ETag; ``size`` -1: missing), stat'ed in parallel."""
+    """Items as dicts with ``size`` and ``version`` (mtime or ETag; ``size`` -1: missing), stat'ed in
+    parallel, except those whose listing gave them (S3 folders)."""
     with ThreadPoolExecutor(8) as pool:
         return list(pool.map(_stat_item, items))

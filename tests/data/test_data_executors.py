@@ -134,3 +134,34 @@ def test_cold_and_refresh_modes_of_the_benchmark(tmp_path):
     res = json.loads((tmp_path / "refresh.json").read_text())
     assert res["sources"] == res["samples"] == 200 and 0 < res["median_refresh_s"] < 10
 
+
+
+def test_s3_folder_sources_are_stated_by_their_listing(s3_server, tmp_path, monkeypatch):
+    """An S3 folder's objects get size and ETag from the LIST responses (equal to a HEAD's), so a
+    refresh of a large S3 folder asks for no object one by one; CSV rows are still stat'ed each."""
+    import boto3
+
+    from data_prep import sources, storage
+
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket="listed")
+    for i in range(5):
+        s3.put_object(Bucket="listed", Key=f"raw/sub{i % 2}/v{i}.mp4", Body=b"x" * (10 + i))
+    s3.put_object(Bucket="listed", Key="raw/list.csv",
+                  Body=b"videoid,contentUrl,duration,page_dir,name\n7,sub0/v0.mp4,PT1S,d,row\n")
+    heads: list[str] = []
+    real_info = storage.info
+
+    def spy_info(uri):
+        heads.append(uri)
+        return real_info(uri)
+
+    items = sources.list_sources(["s3://listed/raw"])
+    assert [i.uri for i in items] == [f"s3://listed/raw/sub{i % 2}/v{i}.mp4" for i in (0, 2, 4, 1, 3)]
+    monkeypatch.setattr(storage, "info", spy_info)
+    stated = sources.stat_sources(items)
+    assert heads == []
+    assert [{k: s[k] for k in ("size", "version")} for s in stated] == [real_info(i.uri) for i in items]
+    assert [s["size"] for s in stated] == [10, 12, 14, 11, 13] and all(len(s["version"]) == 32 for s in stated)
+    row = sources.stat_sources(sources.list_sources(["s3://listed/raw/list.csv"]))
+    assert heads == ["s3://listed/raw/sub0/v0.mp4"] and row[0]["version"] == stated[0]["version"]
