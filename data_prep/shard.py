@@ -139,7 +139,7 @@ def _shard(sources: list[str], out: str, cfg: ShardConfig, *, progress: Callable
 
 
 def _changed(old: dict, new: dict, tmp_dir: str) -> bool:
-    if old["uri"] != new["uri"] or old["caption"] != new["caption"] or old["kind"] != new["kind"]:
+    if old["uri"] != storage.redact(new["uri"]) or old["caption"] != new["caption"] or old["kind"] != new["kind"]:
         return True
     if old["size"] != new["size"]:
         return True

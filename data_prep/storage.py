@@ -29,12 +29,32 @@ class StorageError(OSError):
     """A path cannot be read or written; the message names the path and the likely fix."""
 
 
-# query parameters whose values are secrets (presigned URLs, tokens, API keys)
-_SECRET_QUERY = re.compile(r"(?i)^(x-amz-(signature|credential|security-token)|signature|sig|token|access_token|"
-                           r"id_token|refresh_token|api[_-]?key|apikey|key|secret|password|passwd|pwd|auth|"
-                           r"client_secret)$")
+# query parameters whose values are secrets (presigned URLs, tokens, API keys), matched ignoring case
+SECRET_QUERY_KEYS = ("x-amz-signature", "x-amz-credential", "x-amz-security-token", "signature", "sig", "token",
+                     "access_token", "id_token", "refresh_token", "api_key", "api-key", "apikey", "key", "secret",
+                     "password", "passwd", "pwd", "auth", "client_secret")
+_SECRET_QUERY = re.compile("(?i)^(" + "|".join(SECRET_QUERY_KEYS) + ")$")
 _URI = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)([^\s'\"<>]+)")
 REDACTED = "***"
+
+
+def _credentials_regex() -> str:
+    """A URI with userinfo (``user:pw@``, ``token@``) or a secret query key anywhere in a string; no
+    inline flags (case folded by hand), so the same text is a valid JSON-schema / JavaScript pattern."""
+    uri, stop = r"\b[a-zA-Z][a-zA-Z0-9+.-]*://", "\\s'\"<>"  # where _URI's match of a URI ends
+    keys = "|".join("".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in k) for k in SECRET_QUERY_KEYS)
+    return rf"{uri}[^{stop}?/]*@|{uri}[^{stop}?]*\?([^{stop}#]*&)?({keys})="
+
+
+_CREDENTIALS = re.compile(_credentials_regex())
+NO_CREDENTIALS_PATTERN = rf"^(?![\s\S]*({_credentials_regex()}))"
+"""A pattern that a string matches only when it carries no credential in a URI (for JSON schemas)."""
+
+
+def has_credentials(text: str) -> bool:
+    """Whether ``text`` holds a URI with a password or token in it: everything :func:`redact` hides
+    (userinfo, secret query values), plus such a URI nested in another's query."""
+    return isinstance(text, str) and _CREDENTIALS.search(text) is not None
 
 
 def _redact_one(scheme: str, rest: str) -> str:

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import uuid
 from typing import Callable
 
@@ -23,8 +24,8 @@ from data_prep.buckets import bucket_name, center_crop, choose_bucket
 from data_prep.clips import plan_windows, split_of
 from data_prep.config import ShardConfig, shard_config_from_dict
 from data_prep.encode import EncodeError, encode_image, encode_video
-from data_prep.probe import probe, sha256_file
 from data_prep.local_runtime import run_local
+from data_prep.probe import probe, sha256_file
 from data_prep.ray_runtime import ensure_ray, run_ray
 from pvq_common.env import scoped_env
 
@@ -156,6 +157,12 @@ def _crashed(item: dict) -> dict:
             "errors": [_error(item, "internal_error", detail)]}
 
 
+def _warm_up_manifests() -> None:
+    from data_prep import manifest
+
+    manifest.warm_up()
+
+
 def encode_sources(items: list[dict], cfg: ShardConfig, work_dir: str, progress: Callable | None,
                    executor: str = "ray") -> tuple[list[dict], list[dict], list[dict]]:
     """Run :func:`process_source` over ``items`` as tasks on ``executor`` (``ray``: Ray Data, started
@@ -164,11 +171,15 @@ def encode_sources(items: list[dict], cfg: ShardConfig, work_dir: str, progress:
     # largest first (by bytes): the long encodes start early and the short ones fill the tail
     items = sorted(items, key=lambda i: -max(i.get("size", 0), 0))
     kwargs = {"cfg": cfg.to_dict(), "work_dir": work_dir, "env": storage.s3_env()}
+    # the driver waits while the sources encode: meanwhile it imports what writing the manifests
+    # needs (pyarrow imports pandas on its first array, ~0.35 s), once the workers exist (forked)
+    warm = threading.Thread(target=_warm_up_manifests, daemon=True)
     if executor == "local":
         results = run_local(items, process_sources_batch, "items", cfg.ray.sources_per_task, kwargs,
-                            cfg.ray.num_cpus, progress, _crashed)
+                            cfg.ray.num_cpus, progress, _crashed, on_start=warm.start)
     else:
         ensure_ray(cfg)
+        warm.start()
         results = run_ray(items, process_sources_batch, "items", cfg.ray.sources_per_task, kwargs, progress)
     clips, sources, errors = [], [], []
     for r in results:

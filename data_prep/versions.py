@@ -33,7 +33,7 @@ def inputs_fingerprint(items: list[dict]) -> str:
 
 def job_id(cfg: ShardConfig, sources: list[str], parent: str | None, items: list[dict]) -> dict:
     """What a version is built from (``_job.json``): an unfinished version resumes only for the same job."""
-    return {"fingerprint": cfg.fingerprint(), "sources": list(sources), "parent": parent,
+    return {"fingerprint": cfg.fingerprint(), "sources": [storage.redact(s) for s in sources], "parent": parent,
             "maxcount": cfg.shards.maxcount, "maxsize": cfg.shards.maxsize,
             "val_fraction": cfg.shards.val_fraction,
             "inputs": {"count": len(items), "sha256": inputs_fingerprint(items)}}

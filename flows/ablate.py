@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from flows.common import ROOT, configure_env, default_shards, project_path, work_dir
+from flows.common import ROOT, ParamStr, configure_env, default_shards, project_path, work_dir
 
 
 @task(name="run-variant", task_run_name="variant-{variant}")
@@ -27,8 +27,8 @@ def run_variant(variant: str, config: str, data: str, steps: int, out: str, comm
 
 
 @flow(name="ablate", log_prints=True)
-def ablate_flow(configs: list[str] | None = None, data: str | None = None, steps: int = 40, out: str | None = None,
-                split: str = "val", seed: int = 42, limit: int | None = None) -> dict:
+def ablate_flow(configs: list[ParamStr] | None = None, data: ParamStr | None = None, steps: int = 40,
+                out: ParamStr | None = None, split: ParamStr = "val", seed: int = 42, limit: int | None = None) -> dict:
     """Run the ablation over ``configs`` (default every file in configs/ablations/) on the shard
     dataset ``data`` (default the demo shards, built by the shard-data subflow when missing).
     Returns {"table", "out", "failed"}."""

@@ -19,8 +19,27 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+
+class _Command(typer.core.TyperGroup):
+    """The ``pvq`` group: an argument with credentials in a URI (``http://user:pw@host``, ``?token=``)
+    is refused before any command runs, since arguments end up in job files, sbatch scripts and
+    MLflow params (see :func:`flows.common.refuse_credentials`); credentials go in the environment."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        if any("://" in a for a in args):  # (imports fsspec only then: `pvq --help` stays light)
+            from flows.common import refuse_credentials
+
+            for a in args:
+                try:
+                    refuse_credentials(a, "the argument")
+                except ValueError as e:
+                    print(f"error: {e}", file=sys.stderr)
+                    ctx.exit(2)
+        return super().parse_args(ctx, args)
+
+
 app = typer.Typer(help="PVQ-VAE: pyramidal vector-quantized video autoencoder.", no_args_is_help=True,
-                  add_completion=False)
+                  add_completion=False, cls=_Command)
 
 
 @app.callback()
@@ -216,7 +235,9 @@ def show_config(
     except ConfigError as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
-    console.print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    from data_prep.storage import redact_tree
+
+    console.print(yaml.safe_dump(redact_tree(cfg.to_dict()), sort_keys=False))  # a URI's password stays out
 
 
 @app.command()

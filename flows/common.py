@@ -11,7 +11,11 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Annotated
 
+from pydantic import AfterValidator, Field
+
+from data_prep.storage import NO_CREDENTIALS_PATTERN, has_credentials, redact
 from pvq_common.env import is_remote, missing_local_env  # noqa: F401 - is_remote: the flows import it from here
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +30,31 @@ DEFAULT_TRAIN_CONFIG = "configs/debug.yaml"
 class ParameterError(ValueError):
     """A flow parameter is wrong (missing source, unknown config key, unreachable storage); the
     message says which parameter and what to do. Never retried."""
+
+
+CREDENTIALS_HELP = ("give credentials through the environment instead: MLFLOW_TRACKING_USERNAME and "
+                    "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) for an MLflow server, AWS_ACCESS_KEY_ID, "
+                    "AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) for s3://; download a list or file that needs "
+                    "a password first and give its local path")
+
+
+def refuse_credentials(value: str, what: str = "a parameter") -> str:
+    """``value``, unless it holds a URI with a password, token or secret query value (``http://u:pw@h``,
+    ``?X-Amz-Signature=``): then ValueError saying where credentials go instead.
+
+    Flow parameters are stored by Prefect with the flow run and the ``pvq`` command's arguments end up
+    in job files, so neither may carry a secret."""
+    if has_credentials(value):
+        raise ValueError(f"{what} {redact(value)!r} carries credentials in a URI, which would be stored "
+                         f"(flow-run parameters, job files); {CREDENTIALS_HELP}")
+    return value
+
+
+ParamStr = Annotated[str, AfterValidator(refuse_credentials),
+                     Field(json_schema_extra={"pattern": NO_CREDENTIALS_PATTERN})]
+"""The type of every string parameter of a flow: no credentials in it. Prefect checks the pattern of
+the deployment's parameter schema before it creates (and stores) a flow run, and the validator when
+the flow starts (in-process calls)."""
 
 
 def configure_env() -> None:

@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"MLflow UI     : mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
               f"   (store {store})")
     else:
-        print(f"MLflow        : {uri}")
+        from data_prep.storage import redact
+
+        print(f"MLflow        : {redact(uri)}")
     print("re-evaluate   : python -c \"from flows.reevaluate import reevaluate; print(reevaluate())\"")
     return 0
 

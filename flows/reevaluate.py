@@ -7,13 +7,14 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.common import MODEL_NAME, configure_env, default_shards, default_tracking_uri, project_path, work_dir
+from flows.common import (MODEL_NAME, ParamStr, configure_env, default_shards, default_tracking_uri, project_path,
+                          work_dir)
 from flows.tasks import check_dataset, evaluate_model, log_reevaluation, resolve_model_version
 
 
 @flow(name="reevaluate", log_prints=True)
-def reevaluate(model_uri: str = f"models:/{MODEL_NAME}@champion", data: str | None = None,
-               tracking_uri: str | None = None, tolerance_db: float = 0.5) -> dict:
+def reevaluate(model_uri: ParamStr = f"models:/{MODEL_NAME}@champion", data: ParamStr | None = None,
+               tracking_uri: ParamStr | None = None, tolerance_db: float = 0.5) -> dict:
     """Evaluate ``model_uri`` on the latest version of ``data`` (default PVQ_WORK_DIR/shards/demo)
     and log a run in the ``pvq-vae-reevaluation`` experiment; ``regression`` is True when the score
     fell more than ``tolerance_db`` below the one recorded at registration."""

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.common import DEFAULT_SHARD_CONFIG, DEMO_SOURCE, configure_env, default_shards, project_path
+from flows.common import DEFAULT_SHARD_CONFIG, DEMO_SOURCE, ParamStr, configure_env, default_shards, project_path
 from flows.tasks import prepare_sources, write_shards
 
 
 @flow(name="refresh-shards", log_prints=True)
-def refresh_shards(sources: list[str] | None = None, output: str | None = None, config: str = DEFAULT_SHARD_CONFIG,
-                   overrides: list[str] | None = None) -> dict:
+def refresh_shards(sources: list[ParamStr] | None = None, output: ParamStr | None = None,
+                   config: ParamStr = DEFAULT_SHARD_CONFIG, overrides: list[ParamStr] | None = None) -> dict:
     """Compare ``sources`` with the dataset's latest version and write a new version with new and
     changed sources processed and removed ones dropped (nothing written when nothing changed)."""
     configure_env()

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.common import DEFAULT_SHARD_CONFIG, DEMO_SOURCE, configure_env, default_shards, project_path
+from flows.common import DEFAULT_SHARD_CONFIG, DEMO_SOURCE, ParamStr, configure_env, default_shards, project_path
 from flows.tasks import prepare_sources, write_shards
 
 
 @flow(name="shard-data", log_prints=True)
-def shard_data(sources: list[str] | None = None, output: str | None = None, config: str = DEFAULT_SHARD_CONFIG,
-               overrides: list[str] | None = None) -> dict:
+def shard_data(sources: list[ParamStr] | None = None, output: ParamStr | None = None,
+               config: ParamStr = DEFAULT_SHARD_CONFIG, overrides: list[ParamStr] | None = None) -> dict:
     """Shard ``sources`` (CSV, COCO json, folders, s3:// prefixes; ``demo`` = the embedded demo set)
     into ``output`` (local or s3://; default PVQ_WORK_DIR/shards/demo) with the shard ``config``.
     An existing dataset at ``output`` is refreshed instead (nothing written when unchanged).

@@ -17,8 +17,8 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from data_prep.storage import redact
-from flows.common import (DEFAULT_SHARD_CONFIG, DEFAULT_TRAIN_CONFIG, MODEL_NAME, ParameterError, configure_env,
-                     default_shards, default_tracking_uri, fingerprint, project_path, work_dir)
+from flows.common import (DEFAULT_SHARD_CONFIG, DEFAULT_TRAIN_CONFIG, MODEL_NAME, ParameterError, ParamStr,
+                          configure_env, default_shards, default_tracking_uri, fingerprint, project_path, work_dir)
 from flows.shard_data import shard_data
 from flows.tasks import (check_dataset, evaluate_model, launch_training, log_evaluation, promote_if_better,
                     register_model, validate_training, write_report)
@@ -35,11 +35,11 @@ def run_name(config: str, overrides: list[str], data: str, version: str, launche
 
 
 @flow(name="train-pvq", log_prints=True)
-def train_pvq(config: str = DEFAULT_TRAIN_CONFIG, overrides: list[str] | None = None, data: str | None = None,
-              sources: list[str] | None = None, shard_config: str = DEFAULT_SHARD_CONFIG,
-              launcher: str = "single", nproc: int | None = None, nnodes: int | None = None,
-              model_name: str = MODEL_NAME, tracking_uri: str | None = None, run_dir: str | None = None,
-              timeout_s: float | None = None) -> dict:
+def train_pvq(config: ParamStr = DEFAULT_TRAIN_CONFIG, overrides: list[ParamStr] | None = None,
+              data: ParamStr | None = None, sources: list[ParamStr] | None = None,
+              shard_config: ParamStr = DEFAULT_SHARD_CONFIG, launcher: ParamStr = "single", nproc: int | None = None,
+              nnodes: int | None = None, model_name: ParamStr = MODEL_NAME, tracking_uri: ParamStr | None = None,
+              run_dir: ParamStr | None = None, timeout_s: float | None = None) -> dict:
     """Train ``config`` (+ ``overrides``) on the shard dataset ``data`` (default PVQ_WORK_DIR/shards/demo;
     built from ``sources`` with the shard-data subflow when missing), evaluate, register.
 

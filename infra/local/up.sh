@@ -11,7 +11,9 @@
 # PVQ_SERVICES_DIR/secret (mode 0600); the Prefect API takes HTTP basic auth "pvq:SECRET"
 # (PREFECT_SERVER_API_AUTH_STRING), MLflow runs its basic-auth app with the admin user "pvq" and the
 # same password. The worker gets the credentials in its environment, the CLI through the env file
-# (mode 0600). CORS is restricted to each server's own origin; MLflow also checks the Host header.
+# (mode 0600). CORS is restricted to each server's own origin. Both check the Host header (DNS
+# rebinding): MLflow with --allowed-hosts, Prefect through infra/local/prefect_server.py, which serves
+# Prefect's app as `prefect server start` does, behind Starlette's TrustedHostMiddleware.
 #
 # Environment (all optional): PREFECT_PORT, MLFLOW_PORT, PREFECT_HOME, PVQ_SERVICES_DIR,
 # PVQ_MLFLOW_DIR, PVQ_WORK_DIR (flow outputs, default .cache/work), PVQ_PYTHON_BIN (default .venv/bin),
@@ -102,7 +104,8 @@ PY
 
 PREFECT_SERVER_API_AUTH_STRING="pvq:$SECRET" \
 PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS="http://127.0.0.1:$PREFECT_PORT" \
-  start prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT" --analytics-off
+  start prefect-server "$BIN/python" "$ROOT/infra/local/prefect_server.py" --host 127.0.0.1 --port "$PREFECT_PORT" \
+  --allowed-hosts 127.0.0.1,localhost
 MLFLOW_AUTH_CONFIG_PATH="$STATE/mlflow_auth.ini" MLFLOW_AUTH_ADMIN_PASSWORD="$SECRET" \
 MLFLOW_FLASK_SERVER_SECRET_KEY="$("$BIN/python" -c 'import secrets; print(secrets.token_hex(32))')" \
   start mlflow-server "$BIN/mlflow" server --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \

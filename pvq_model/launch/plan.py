@@ -133,7 +133,7 @@ def plan(req: LaunchRequest) -> LaunchPlan:
     if req.write_script:
         script.parent.mkdir(parents=True, exist_ok=True)
         script.write_text(text)
-        script.chmod(0o755)
+        script.chmod(0o700)  # it may export the environment the flow gave it (MLFLOW_TRACKING_URI)
     return LaunchPlan(req.launcher, ["sbatch", "--parsable", str(script)], geo, overrides, backend, {}, script, text,
                       notes)
 

@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -107,6 +108,47 @@ def test_prefect_cors_only_allows_its_own_origin(services):
     assert headers.get("access-control-allow-origin") not in ("*", "http://evil.example"), headers
     status, headers = _request(f"{api}/deployments/filter", "OPTIONS", headers={**pre, "Origin": own})
     assert status == 200 and headers.get("access-control-allow-origin") == own
+
+
+def test_prefect_refuses_foreign_hosts(services):
+    """DNS rebinding: a page whose name now resolves to 127.0.0.1 sends its own name as Host. Refused
+    before auth, health included; the loopback names (any port) are served."""
+    _, _, values = services
+    api, auth = values["PREFECT_API_URL"], values["PREFECT_API_AUTH_STRING"]
+    port = urllib.parse.urlsplit(api).port
+    for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1.evil.example:{port}"):
+        assert _request(f"{api}/deployments/filter", "POST", {}, auth=auth, headers={"Host": host})[0] == 400, host
+        assert _request(f"{api}/health", headers={"Host": host})[0] == 400, host
+    assert _request(f"{api}/deployments/filter", "POST", {}, auth=auth, headers={"Host": f"localhost:{port}"})[0] == 200
+    assert _request(f"{api}/deployments/filter", "POST", {}, auth=auth)[0] == 200  # Host 127.0.0.1:port
+    status, _ = _request(api.removesuffix("/api") + "/", headers={"Host": "evil.example", "Accept": "text/html"})
+    assert status == 400  # the UI too
+
+
+def _json(url: str, body: dict, auth: str):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    with _OPENER.open(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def test_deployment_run_with_credentials_in_a_uri_is_refused_before_it_is_stored(services):
+    """Issue 13, item 3: Prefect stores a flow run's parameters; the deployments' parameter schema
+    refuses a URI with a password or token (409) before the run exists."""
+    _, _, values = services
+    api, auth = values["PREFECT_API_URL"], values["PREFECT_API_AUTH_STRING"]
+    req = urllib.request.Request(f"{api}/deployments/name/shard-data/shard-data")
+    req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    with _OPENER.open(req, timeout=30) as r:
+        dep = json.loads(r.read())["id"]
+    for params in ({"sources": ["https://pvq:hunter2@127.0.0.1:9/list.csv"]},
+                   {"output": "s3://b/ds?X-Amz-Signature=hunter2"},
+                   {"overrides": ["train.mlflow_tracking_uri=http://pvq:hunter2@127.0.0.1:9"]}):
+        status, _ = _request(f"{api}/deployments/{dep}/create_flow_run", "POST", {"parameters": params}, auth=auth)
+        assert status == 409, params
+    runs = _json(f"{api}/flow_runs/filter", {}, auth)
+    assert "hunter2" not in json.dumps(runs)
 
 
 def test_mlflow_refuses_unauthenticated_requests_and_foreign_hosts(services):
