@@ -16,6 +16,8 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
 
+import numpy as np
+
 from data_prep.config import ShardConfig
 from data_prep.ray_runtime import task_groups
 
@@ -51,11 +53,13 @@ def _context():
 
 
 def run_local(rows: list, fn: Callable, key: str, per_task: int, fn_kwargs: dict, workers: int,
-              progress: Callable[[int], None] | None, on_crash: Callable[[dict], dict]) -> list[dict]:
+              progress: Callable[[int], None] | None, on_crash: Callable[[dict], dict],
+              on_start: Callable[[], None] | None = None) -> list[dict]:
     """``fn`` (a Ray Data ``map_batches`` function) over ``rows`` in groups of :func:`task_groups`
     sizes, ``workers`` at a time; returns the json-decoded rows of its output column, in
     completion order, calling ``progress(1)`` for each, as :func:`data_prep.ray_runtime.run_ray`.
 
+    ``on_start()`` is called once the workers are forked: the driver may start threads from then on.
     A worker that dies (a crash in a library, the OOM killer) breaks the pool: the groups it had not
     finished run again one row per task in a fresh pool, and a row whose worker dies again gets
     ``on_crash(row)`` as its result, so one bad input never ends the job.
@@ -67,9 +71,9 @@ def run_local(rows: list, fn: Callable, key: str, per_task: int, fn_kwargs: dict
         groups.append(rows[i:i + g])
         i += g
     out: list[dict] = []
-    left = _run_groups(groups, fn, key, fn_kwargs, workers, progress, out)
+    left = _run_groups(groups, fn, key, fn_kwargs, workers, progress, out, on_start)
     for row in (r for g in left for r in g):  # after a crash: alone, so a second crash names its row
-        if _run_groups([[row]], fn, key, fn_kwargs, 1, progress, out):
+        if _run_groups([[row]], fn, key, fn_kwargs, 1, progress, out, None):
             out.append(on_crash(row))
             if progress:
                 progress(1)
@@ -77,11 +81,14 @@ def run_local(rows: list, fn: Callable, key: str, per_task: int, fn_kwargs: dict
 
 
 def _run_groups(groups: list[list], fn: Callable, key: str, fn_kwargs: dict, workers: int,
-                progress: Callable[[int], None] | None, out: list[dict]) -> list[list]:
+                progress: Callable[[int], None] | None, out: list[dict],
+                on_start: Callable[[], None] | None) -> list[list]:
     """Run ``groups`` on a fresh pool, appending results to ``out``; returns the groups a broken pool left."""
     pool = ProcessPoolExecutor(max_workers=min(workers, len(groups)), mp_context=_context())
-    pending = {pool.submit(_call, fn, key, json.dumps(g), fn_kwargs): g for g in groups}
+    pending = {pool.submit(_call, fn, key, json.dumps(g), fn_kwargs): g for g in groups}  # forks all workers
     broken: list[list] = []
+    if on_start:
+        on_start()
     try:
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -102,7 +109,5 @@ def _run_groups(groups: list[list], fn: Callable, key: str, fn_kwargs: dict, wor
 
 
 def _call(fn: Callable, key: str, group_json: str, fn_kwargs: dict) -> list[str]:
-    import numpy as np
-
     res = fn({key: np.array([group_json], dtype=object)}, **fn_kwargs)  # one batch, as Ray Data hands it
     return list(res[next(iter(res))])
