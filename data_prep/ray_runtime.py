@@ -27,11 +27,10 @@ def ensure_ray(cfg: ShardConfig) -> None:
 
         if not ray.is_initialized():
             r = cfg.ray
-            kwargs = dict(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
-                          runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
-            if r.address:
-                ray.init(address=r.address, **kwargs)
-            else:
+            kwargs = dict(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+            if r.address:  # a cluster started elsewhere: its workers have its environment, not ours
+                ray.init(address=r.address, runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}}, **kwargs)
+            else:  # the processes it starts inherit the settings above; a runtime_env would cost ~1 s (measured)
                 ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before the env was set
                 ray.init(num_cpus=r.num_cpus, object_store_memory=r.object_store_memory, **kwargs)
     # also when the caller started Ray itself (a flow, a notebook, the tests)
