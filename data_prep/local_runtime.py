@@ -9,8 +9,11 @@ Data runs (``map_batches`` on one group of rows), so both executors write the sa
 
 from __future__ import annotations
 
+import ctypes
 import json
 import multiprocessing
+import os
+import signal
 import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -84,7 +87,10 @@ def _run_groups(groups: list[list], fn: Callable, key: str, fn_kwargs: dict, wor
                 progress: Callable[[int], None] | None, out: list[dict],
                 on_start: Callable[[], None] | None) -> list[list]:
     """Run ``groups`` on a fresh pool, appending results to ``out``; returns the groups a broken pool left."""
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(groups)), mp_context=_context())
+    ctx = _context()
+    fork = ctx.get_start_method() == "fork"
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(groups)), mp_context=ctx,
+                               initializer=_die_with_parent if fork else None, initargs=(os.getpid(),) if fork else ())
     pending = {pool.submit(_call, fn, key, json.dumps(g), fn_kwargs): g for g in groups}  # forks all workers
     broken: list[list] = []
     if on_start:
@@ -106,6 +112,15 @@ def _run_groups(groups: list[list], fn: Callable, key: str, fn_kwargs: dict, wor
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return broken
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer of a forked worker: it dies with the driver, ``kill -9`` included
+    (``PR_SET_PDEATHSIG``). It must not outlive the job: it shares the driver's open files, the
+    ``flock`` on ``OUT/.lock`` among them, so a rerun would be refused until it finished its task."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the driver died before the line above
+        os._exit(1)
 
 
 def _call(fn: Callable, key: str, group_json: str, fn_kwargs: dict) -> list[str]:

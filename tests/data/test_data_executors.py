@@ -165,3 +165,38 @@ def test_s3_folder_sources_are_stated_by_their_listing(s3_server, tmp_path, monk
     assert [s["size"] for s in stated] == [10, 12, 14, 11, 13] and all(len(s["version"]) == 32 for s in stated)
     row = sources.stat_sources(sources.list_sources(["s3://listed/raw/list.csv"]))
     assert heads == ["s3://listed/raw/sub0/v0.mp4"] and row[0]["version"] == stated[0]["version"]
+
+
+KILL_SCRIPT = """
+import sys
+from data_prep.config import load_shard_config
+from data_prep.shard import shard
+shard(sys.argv[2].split(","), sys.argv[3], load_shard_config(sys.argv[1], sys.argv[4:]))
+"""
+
+
+def test_kill_minus_9_of_a_local_job_frees_its_output_at_once(demo, demo_cfg, ray_cluster, tmp_path):
+    """The local pool's workers die with the driver (they share its flock on OUT/.lock): a rerun right
+    after ``kill -9`` is not refused, resumes from the work cache and gives the uninterrupted dataset."""
+    import signal
+    import subprocess
+
+    overrides = ["shards.maxcount=1", "clips.lengths=[16]", "executor=local"]
+    sources = [str(demo.csv), str(demo.coco_json)]
+    out = tmp_path / "killed"
+    cache = out / "_work" / "v000001" / "sources"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(ROOT / "configs" / "shard" / "demo.yaml"),
+                             ",".join(sources), str(out), *overrides],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (
+            cache.is_dir() and any(not p.name.startswith(".") for p in cache.iterdir())):
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the job finished before it could be killed"
+    cfg = demo_cfg(*overrides)
+    r = job.shard(sources, str(out), cfg)  # at once: no worker of the killed job holds the lock
+    assert r.stats["executor"] == "local" and not (out / "_work").exists()
+    reference = job.shard(sources, str(tmp_path / "reference"), demo_cfg(*overrides[:2], "executor=ray"))
+    assert _files(out / "v000001") == _files(tmp_path / "reference" / "v000001")
+    assert r.stats["samples"] == reference.stats["samples"] > 0
