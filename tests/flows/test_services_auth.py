@@ -65,7 +65,7 @@ def services(tmp_path_factory):
         env.pop(k, None)
     try:
         up = subprocess.run([str(ROOT / "infra/local/up.sh")], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=300)
+                            timeout=600)  # a busy host: up.sh waits PVQ_SERVICES_WAIT_S per server
         assert up.returncode == 0, up.stdout + up.stderr
         yield env, tmp / "services", _read_env(tmp / "services" / "env")
     finally:
