@@ -51,6 +51,11 @@ JSON_FIELDS = ("key", "source_id", "uri", "kind", "start", "frames", "length", "
                "caption", "sha256", "src_width", "src_height")
 
 
+REDACTED_FIELDS = ("uri", "detail")
+"""Stored with :func:`storage.redact` applied: a source URI's password or token never reaches a
+manifest or a sample json (it stays in the source list the job reads, or in the environment)."""
+
+
 def warm_up() -> None:
     """Load what the first :func:`write_table` loads: pyarrow imports pandas on its first array
     (~0.35 s), which a job can do in a thread while its sources encode."""
@@ -59,7 +64,8 @@ def warm_up() -> None:
 
 def sample_json(meta: dict) -> bytes:
     """The ``json`` member of a sample: a fixed set of fields, sorted, so it is reproducible."""
-    return json.dumps({k: meta[k] for k in JSON_FIELDS}, sort_keys=True, ensure_ascii=False).encode()
+    return json.dumps({k: storage.redact(meta[k]) if k in REDACTED_FIELDS else meta[k] for k in JSON_FIELDS},
+                      sort_keys=True, ensure_ascii=False).encode()
 
 
 def version_name(n: int) -> str:
@@ -89,7 +95,8 @@ def is_complete(out: str, version: str) -> bool:
 
 
 def write_table(uri: str, rows: list[dict], schema: pa.Schema) -> None:
-    table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
+    table = pa.Table.from_pylist([{f.name: storage.redact(r.get(f.name)) if f.name in REDACTED_FIELDS else r.get(f.name)
+                                   for f in schema} for r in rows], schema=schema)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     storage.write_bytes(uri, buf.getvalue())
