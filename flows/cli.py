@@ -251,12 +251,30 @@ def train(
     dry_run: bool = typer.Option(False, help="print the launch command and per-GPU memory estimate only"),
     max_steps: int = typer.Option(0, help="stop after this many steps in this call (0: until train.steps)"),
     no_resume: bool = typer.Option(False, help="ignore checkpoints already in --out"),
+    resume_from: Path = typer.Option(None, "--resume-from", help="run directory to continue (it becomes --out)"),
+    world_size: int = typer.Option(0, "--world-size", help="with --resume-from: ranks to continue on; a checkpoint "
+                                   "of another world size is converted first (pvq_model.train.reshard)"),
 ):
     """Train with DeepSpeed ZeRO-3 (generator + discriminator, EMA, checkpoints, MLflow)."""
     from pvq_model.config import ConfigError, load_config
 
+    if world_size and resume_from is None:
+        console.print("[red]error:[/] --world-size applies with --resume-from RUN only")
+        raise typer.Exit(2)
     try:
         cfg = load_config(config, set_)
+        if resume_from is not None:  # convert the checkpoint to --world-size, say what changed, resume
+            from pvq_model.train.reshard import ReshardError, describe, reshard, resume_overrides
+
+            try:
+                r = reshard(resume_from / "checkpoints", world_size or cfg.train.world_size)
+                set_ = [*set_, *resume_overrides(r, nnodes or 1)]
+            except (ReshardError, OSError) as e:
+                console.print(f"[red]error:[/] {e}")
+                raise typer.Exit(2) from None
+            console.print(describe(r))
+            cfg, out, nproc = load_config(config, set_), resume_from, nproc or r.new_world // (nnodes or 1)
+            launcher = "local" if launcher == "none" and r.new_world > 1 else launcher
     except ConfigError as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None

@@ -60,3 +60,21 @@ def isolated() -> Isolated:
     assert lines[0].split()[:2] == ["::ffff:127.0.0.1", "localhost"] and lines[1].startswith("::1 ")
     assert all(" lo " in ln for ln in lines[2:]), "the namespace must hold loopback only"
     return Isolated()
+
+
+@pytest.fixture
+def netns_pair(request):
+    """Two private network namespaces joined by a veth pair (:class:`helpers.NetnsPair`), removed
+    with every process in them when the test ends, also when it fails. Skips without root / ``ip``."""
+    import shutil
+
+    from helpers import NetnsPair
+
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 (ip netns) to make the test's private network")
+    NetnsPair.remove_stale("pvqt")
+    pair = NetnsPair(f"pvqt{os.getpid()}x{abs(hash(request.node.nodeid)) % 1000}")
+    try:
+        yield pair.open()
+    finally:
+        pair.close()

@@ -282,6 +282,13 @@ def reshard(root: Path, new_world: int, tag: str | None = None) -> ReshardReport
     return report
 
 
+def resume_overrides(r: ReshardReport, nnodes: int = 1) -> list[str]:
+    """The config overrides that resume ``r``'s run on its new world size over ``nnodes`` nodes."""
+    if r.new_world % nnodes:
+        raise ReshardError(f"world size {r.new_world} does not split over {nnodes} nodes")
+    return [*r.overrides, f"train.nodes={nnodes}", f"train.gpus_per_node={r.new_world // nnodes}"]
+
+
 def describe(r: ReshardReport) -> str:
     """What :func:`reshard` converted, in words (printed by ``pvq train --resume-from``)."""
     if r.old_world == r.new_world:
