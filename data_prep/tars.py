@@ -61,8 +61,11 @@ def write_shard(plan: dict, out: str, version: str) -> dict:
         hw = _HashingWriter(f)
         with tarfile.open(fileobj=hw, mode="w|") as tw:
             for c in plan["samples"]:
-                with open(c["path"], "rb") as media:
-                    data = media.read()
+                if storage.is_remote(c["path"]):  # a cluster's shared work cache
+                    data = storage.read_bytes(c["path"])
+                else:
+                    with open(c["path"], "rb") as media:
+                        data = media.read()
                 add_sample(tw, c["key"], {c["ext"]: data, "json": manifest.sample_json(c)})
                 rows.append({**c, "bytes": len(data), "shard": rel + ".tar"})
     manifest.write_table(man_uri, rows, manifest.SAMPLE_SCHEMA)

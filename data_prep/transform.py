@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import threading
 import uuid
 from typing import Callable
@@ -56,15 +57,16 @@ def process_source(item: dict, cfg: ShardConfig, work_dir: str) -> dict:
     if item.get("error"):
         return {"source": {**source, "status": item["error"]}, "clips": [],
                 "errors": [_error(item, item["error"], item.get("detail", ""))]}
-    final = os.path.join(work_dir, "sources", _cache_name(item, cfg.fingerprint()))
-    meta_path = os.path.join(final, "meta.json")
-    if os.path.exists(meta_path):  # finished by an earlier (possibly killed) run
-        with open(meta_path) as f:
-            return {**json.load(f), "cache": final}
+    shared = storage.is_remote(work_dir)  # a cluster's cache on the object store (versions.work_dir)
+    final = storage.join(work_dir, "sources", _cache_name(item, cfg.fingerprint()))
+    meta_path = storage.join(final, "meta.json")
+    if storage.exists(meta_path) if shared else os.path.exists(meta_path):  # an earlier (killed) run, any node
+        return {**json.loads(storage.read_bytes(meta_path)), "cache": final, "reused": True}
     if item.get("size", 0) < 0:
         return {"source": {**source, "status": "missing"}, "clips": [],
                 "errors": [_error(item, "missing", f"no such file: {item['uri']}")]}
-    tmp = os.path.join(work_dir, "sources", f".tmp-{uuid.uuid4().hex[:8]}")
+    local = os.path.join(storage.scratch_dir(cfg.encode.tmp_dir), "pvq-shard-work") if shared else work_dir
+    tmp = os.path.join(local, "sources", f".tmp-{uuid.uuid4().hex[:8]}")
     os.makedirs(tmp, exist_ok=True)
     try:
         result = _process_into(item, source, cfg, tmp)
@@ -72,13 +74,25 @@ def process_source(item: dict, cfg: ShardConfig, work_dir: str) -> dict:
             c["file"] = os.path.basename(c["file"])
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump(result, f, sort_keys=True)
-        if os.path.exists(final):  # a concurrent duplicate finished first
+        if shared:
+            _publish(tmp, final)
+        elif os.path.exists(final):  # a concurrent duplicate finished first
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             os.replace(tmp, final)
         return {**result, "cache": final}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(folder: str, uri: str) -> None:
+    """Upload a finished source's folder to the shared work cache, ``meta.json`` last: a source
+    counts as done on every node only once its meta is there (a node killed mid-upload leaves
+    clips without it, which the next run overwrites)."""
+    names = sorted(os.listdir(folder), key=lambda n: n == "meta.json")
+    for name in names:
+        with open(os.path.join(folder, name), "rb") as f:
+            storage.write_bytes(storage.join(uri, name), f.read())
 
 
 def _process_into(item: dict, source: dict, cfg: ShardConfig, tmp: str) -> dict:
@@ -143,8 +157,10 @@ def process_sources_batch(batch: dict, cfg: dict, work_dir: str, env: dict) -> d
     ``env`` holds the driver's S3 settings (:func:`data_prep.storage.s3_env`); they apply while the
     batch runs and the worker's environment is restored after it."""
     config = shard_config_from_dict(cfg)
+    ray = sys.modules.get("ray")  # which Ray node ran it (the job's stats); None in the local pool
+    node = ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else None
     with scoped_env(env or {}):
-        results = [json.dumps(process_source(item, config, work_dir))
+        results = [json.dumps({**process_source(item, config, work_dir), "node": node})
                    for group in batch["items"] for item in json.loads(group)]
     return {"result": np.array(results, dtype=object)}
 
@@ -185,6 +201,6 @@ def encode_sources(items: list[dict], cfg: ShardConfig, work_dir: str, progress:
     for r in results:
         for c in r["clips"]:
             clips.append({**c, "path": os.path.join(r["cache"], c["file"])})
-        sources.append(r["source"])
+        sources.append({**r["source"], "node": r.get("node"), "reused": r.get("reused", False)})  # stats only
         errors.extend(r["errors"])
     return clips, sources, errors

@@ -60,14 +60,21 @@ def start_version(out: str, job: dict, version: str) -> None:
 
 
 def work_dir(out: str, version: str, cfg: ShardConfig) -> str:
-    """The job's local work cache: ``OUT/_work/VERSION``, or a scratch folder for a remote ``out``."""
-    if not storage.is_remote(out):
-        return os.path.join(storage.strip_file(out), "_work", version)
+    """The job's work cache: ``OUT/_work/VERSION`` for a local ``out``; for a remote one, a local
+    scratch folder, or ``OUT/_work/VERSION`` on the store when the job joins a cluster
+    (``ray.address``), whose nodes share no disk: every node reads and writes it there."""
+    if not storage.is_remote(out) or cfg.ray.address:
+        return storage.join(out, "_work", version)
     tag = hashlib.sha1(out.encode()).hexdigest()[:12]
     return os.path.join(storage.scratch_dir(cfg.encode.tmp_dir), "pvq-shard-work", tag, version)
 
 
 def drop_work(work: str) -> None:
+    if storage.is_remote(work):
+        fs, p = storage.fs_of(work)
+        if fs.exists(p):
+            fs.rm(p, recursive=True)
+        return
     shutil.rmtree(work, ignore_errors=True)
     try:
         os.removedirs(os.path.dirname(work))  # the now empty _work / pvq-shard-work/<tag> folders
@@ -124,6 +131,10 @@ def finish_version(v: NewVersion, cfg: ShardConfig, progress: Callable | None) -
         "errors": len(errors), "errors_by_reason": dict(sorted(Counter(e["reason"] for e in errors).items())),
         "new_samples": sum(len(p["samples"]) for p in plans),
         "wall_s": round(wall, 3), "encode_s": round(v.encode_s, 3),
+        # the Ray nodes that processed this job's sources (node id -> sources), and how many
+        # sources an earlier, interrupted run had finished (taken from the work cache)
+        "sources_by_node": dict(sorted(Counter(s["node"] for s in v.sources if s.get("node")).items())),
+        "sources_reused": sum(1 for s in v.sources if s.get("reused")),
         "clips_per_s": round(sum(len(p["samples"]) for p in plans) / wall, 3) if wall > 0 else 0.0,
         **v.extra_stats,
     }
