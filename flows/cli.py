@@ -267,7 +267,7 @@ def train(
             from pvq_model.train.reshard import ReshardError, describe, reshard, resume_overrides
 
             try:
-                r = reshard(resume_from / "checkpoints", world_size or cfg.train.world_size)
+                r = reshard(resume_from / "checkpoints", world_size or cfg.train.world_size, write=not dry_run)
                 set_ = [*set_, *resume_overrides(r, nnodes or 1)]
             except (ReshardError, OSError) as e:
                 console.print(f"[red]error:[/] {e}")

@@ -234,10 +234,11 @@ def reshard_engine(src: Path, dst: Path, new_world: int, new_accum: int) -> Engi
                         new_partition, int(step), stepped)
 
 
-def reshard(root: Path, new_world: int, tag: str | None = None) -> ReshardReport:
+def reshard(root: Path, new_world: int, tag: str | None = None, *, write: bool = True) -> ReshardReport:
     """Convert checkpoint ``tag`` (default: ``LATEST``) under ``root`` (``RUN/checkpoints``) to
     ``new_world`` ranks as the new tag ``TAG-world{N}``, then point ``LATEST`` at it. Returns what
-    was converted. A checkpoint already written by ``new_world`` ranks is left as it is."""
+    was converted. A checkpoint already written by ``new_world`` ranks is left as it is; with
+    ``write=False`` (a dry run) nothing is written and the report has no engine rows."""
     root = Path(root)
     tag = tag or ckpt.latest(root)
     if tag is None:
@@ -252,7 +253,7 @@ def reshard(root: Path, new_world: int, tag: str | None = None) -> ReshardReport
     base = tag.split("-world")[0]
     report = ReshardReport(tag, tag if old_world == new_world else f"{base}-world{new_world}", int(model0["step"]),
                            old_world, new_world, global_batch, micro, old_accum, new_accum)
-    if old_world == new_world:
+    if old_world == new_world or not write:
         return report
     tmp = {sub: root / sub / f".{report.tag}.tmp" for sub in ("g", "d", "rng")}
     for p in tmp.values():
@@ -295,6 +296,9 @@ def describe(r: ReshardReport) -> str:
         return (f"resume {r.src_tag} (step {r.step}): written by {r.old_world} rank(s), resumed on as many; "
                 f"nothing to convert")
     lines = [f"resume {r.src_tag} (step {r.step}) on {r.new_world} rank(s); it was written by {r.old_world}:"]
+    if not r.engines:
+        return lines[0] + (f" it would be re-partitioned as {r.tag} (dry run: nothing written); batch: micro "
+                           f"{r.micro_batch} x grad_accum {r.old_accum} -> {r.new_accum}")
     for e in r.engines:
         name = {"g": "generator", "d": "discriminator"}.get(e.engine, e.engine)
         what = (f"master weights, Adam exp_avg and exp_avg_sq (Adam step {e.adam_step})" if e.moments
