@@ -1,14 +1,24 @@
 """Training-step overhead of the DeepSpeed path, and whether the loader keeps up.
 
-1. samples/s of the DeepSpeed trainer (ZeRO-3, bf16, one process, EMA, no GAN) vs a plain
-   single-process PyTorch loop (Adam, fp32, same loss) on the same debug model and the same fixed
-   batch, in one run. Prints ``overhead ratio = deepspeed / plain`` (1.0 = no overhead).
+1. Seconds per optimizer step of the DeepSpeed trainer (ZeRO-3, one process, EMA, no GAN: the
+   engines of ``pvq_model.train.setup.build_engines`` stepped by ``pvq_model.train.step.train_step``,
+   what ``pvq_model.train.loop`` runs per step) vs the plain single-process PyTorch loop
+   (``pvq_model.train.fit.plain_step``: fp32, torch Adam, same loss, clip and EMA) on the same model
+   and the same fixed batch, in one process. The two loops alternate in rounds of ``--round`` steps,
+   so a change in the shared machine's speed during the run hits both alike; each side's median
+   after ``--warm`` steps gives samples/s. Prints ``overhead ratio = deepspeed / plain`` (1.0 = no
+   overhead) and the issue-12 bar (>= 0.6 below 20 M parameters, >= 0.8 from 20 M).
+   ``--precision bf16`` (the recipe) compares with the fp32 plain loop, as the issue measured it; on
+   CPU a bf16 model also pays the conv workaround's casts (``pvq_model.blocks.Conv3d``), so
+   ``--precision fp32`` is the DeepSpeed-only overhead.
 2. The trainer on real shards (the embedded demo set sharded with configs/shard/demo.yaml): median
    fraction of the step spent waiting for data. Limit: < 0.10.
 
-    python benchmarks/train_step.py [--steps 30] [--batch 2] [--precision bf16|fp32]
+    python benchmarks/train_step.py [--steps 30] [--batch 2] [--precision bf16|fp32] [--round 5]
     python benchmarks/train_step.py --config configs/paper.yaml --set 'data.scales=[[64,64]]' \
-        --steps 8 --batch 1 --no-loader     # the mid-size case: paper widths (130 M parameters), 64x64 x 16
+        --set 'data.frames=[16]' --set train.world_size=2 --set train.nodes=1 --set train.gpus_per_node=2 \
+        --set train.grad_accum=1 --steps 8 --warm 2 --round 2 --batch 1 --no-loader
+        # the mid-size case: paper widths (130 M parameters), 64x64 x 16
 
 ``--config`` (default configs/debug.yaml) and ``--set key=value`` choose the model and clip; both loops
 train the same config on the same batch.
@@ -45,16 +55,20 @@ def main() -> None:
     ap.add_argument("--precision", default="bf16", help="DeepSpeed precision: bf16 (the recipe) or fp32")
     ap.add_argument("--config", default=str(ROOT / "configs" / "debug.yaml"), help="model config of both loops")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="key.path=value (repeatable)")
-    ap.add_argument("--warm", type=int, default=5, help="steps left out of the medians")
+    ap.add_argument("--warm", type=int, default=5, help="steps of each loop left out of its median")
+    ap.add_argument("--round", type=int, default=5, help="steps of one loop before switching to the other")
     ap.add_argument("--no-loader", action="store_true", help="skip part 2 (the data-wait fraction on shards)")
     args = ap.parse_args()
 
     import torch
 
     from pvq_model.config import load_config
-    from pvq_model.train.fit import fit, seed_everything
-    from pvq_model.train.data import synthetic_batches
+    from pvq_model.losses import PVQLoss
+    from pvq_model.train import setup
+    from pvq_model.train.data import synthetic_batches, training_batches
+    from pvq_model.train.fit import EMAWeights, lr_at, make_adam, plain_step, seed_everything
     from pvq_model.train.loop import train
+    from pvq_model.train.step import train_step
     from pvq_model.vae import PVQVAE
 
     warm = args.warm
@@ -65,28 +79,40 @@ def main() -> None:
     cfg = load_config(args.config, common)
     params = sum(p.numel() for p in PVQVAE(cfg).parameters())
     print(f"model              : {Path(args.config).name} {' '.join(args.overrides)}, {params / 1e6:.1f} M parameters, "
-          f"batch {args.batch}, {args.steps} steps ({warm} warm-up)")
+          f"batch {args.batch}, {args.steps} steps each ({warm} warm-up), interleaved in rounds of {args.round}")
 
-    # plain PyTorch loop, same model, same batch
+    # plain PyTorch loop (fp32, torch Adam): same model, same batch
     seed_everything(42)
     model = PVQVAE(cfg)
     batch = next(synthetic_batches(cfg, 0, 0))["video"]
-    times: list[float] = []
-    last = [time.perf_counter()]
+    mask = torch.ones(batch.shape[0], batch.shape[2], dtype=torch.bool)
+    model.train()
+    model.data_init(batch)
+    opt = make_adam(model, lr_at(cfg.train, 0))
+    ema, loss_fn = EMAWeights(model, cfg.train.ema_decay), PVQLoss(cfg)
 
-    def tick(step, parts):
-        now = time.perf_counter()
-        times.append(now - last[0])
-        last[0] = now
-
-    fit(model, [batch], args.steps, callback=tick)
-    plain = args.batch / statistics.median(times[warm:])
-
-    # DeepSpeed trainer (one process), same model config and batch
-    res = train(cfg, tmp / "ds", resume=False)
-    ds_times = _metric(tmp / "ds", res.run_id, "step_time_s")
-    ds = args.batch / statistics.median(ds_times[warm:])
-    print(f"plain PyTorch loop : {plain:7.2f} samples/s")
+    # the DeepSpeed trainer's engines and step (pvq_model.train.loop runs exactly these per step)
+    with setup.lone_process_env() as lone:
+        rank, world, device = setup.init_distributed(cfg, tmp / "ds", lone)
+        engines = setup.build_engines(cfg, rank, world, training_batches, tmp / "ds" / "checkpoints", resume=False)
+        ds_loss = setup.build_loss(cfg, device)
+        micro_batches = training_batches(cfg, rank, world, 0)
+        plain_s: list[float] = []
+        ds_s: list[float] = []
+        # alternate rounds of steps, so that a drift in the machine's speed hits both loops alike
+        for first in range(0, args.steps, args.round):
+            for step in range(first, min(first + args.round, args.steps)):
+                tic = time.perf_counter()
+                plain_step(model, opt, loss_fn, ema, [(batch, mask)], step)
+                plain_s.append(time.perf_counter() - tic)
+            for step in range(first, min(first + args.round, args.steps)):
+                tic = time.perf_counter()
+                train_step(engines, ds_loss, micro_batches, step, cfg, device)
+                ds_s.append(time.perf_counter() - tic)
+        torch.distributed.destroy_process_group()
+    plain = args.batch / statistics.median(plain_s[warm:])
+    ds = args.batch / statistics.median(ds_s[warm:])
+    print(f"plain PyTorch loop : {plain:7.2f} samples/s (fp32)")
     print(f"DeepSpeed ZeRO-3   : {ds:7.2f} samples/s ({args.precision})")
     bar = 0.8 if params >= 20e6 else 0.6  # issue 12: >= 0.8 on a >= 20 M-parameter config, >= 0.6 on debug
     print(f"overhead ratio     : {ds / plain:.2f} (deepspeed / plain; 1.0 = no overhead); bar >= {bar}: "

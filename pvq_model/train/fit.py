@@ -132,6 +132,39 @@ def fit(model: PVQVAE, clips: Sequence[Tensor | tuple[Tensor, Tensor]], steps: i
                        data_init=data_init)
 
 
+def make_adam(model: nn.Module, lr: float) -> torch.optim.Adam:
+    """The config's Adam (betas, eps, weight decay, fused kernel) over ``model``'s parameters."""
+    t = model.cfg.train
+    return torch.optim.Adam(model.parameters(), lr=lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay,
+                            fused=t.fused_adam)
+
+
+def plain_step(model: PVQVAE, opt: torch.optim.Optimizer, loss_fn: PVQLoss, ema: EMAWeights,
+               micro: Sequence[tuple[Tensor, Tensor]], step: int, lr: float | None = None) -> tuple[float, dict[str, float]]:
+    """One optimizer step of the plain loop on the micro-batches ``micro`` ((video, mask) pairs,
+    ``grad_accum`` of them): each micro-batch's loss divided by their number before its backward
+    (DeepSpeed's ``engine.backward``), one clip to ``train.grad_clip``, one Adam step with
+    ``lr_at(step)``, one EMA update. Returns (loss, parts), means over the micro-batches summed in
+    the trainer's order."""
+    t = model.cfg.train
+    for group in opt.param_groups:
+        group["lr"] = lr_at(t, step, lr)
+    opt.zero_grad(set_to_none=True)
+    parts_f: dict[str, float] = {}
+    total = 0.0
+    n = len(micro)
+    for x, mask in micro:
+        loss, parts, _ = generator_step(model, loss_fn, x, mask, step)
+        (loss / n).backward()
+        for k, v in parts.items():
+            parts_f[k] = parts_f.get(k, 0.0) + float(v.detach()) / n
+        total += float(loss.detach()) / n
+    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+    opt.step()
+    ema.update(model)
+    return total, parts_f
+
+
 def fit_batches(model: PVQVAE, batches: Iterable[dict | tuple[Tensor, Tensor]], steps: int,
                 lr: float | None = None, callback: Callable[[int, dict[str, float]], None] | None = None, *,
                 grad_accum: int = 1, ema: EMAWeights | None = None, eval_every: int = 0,
@@ -161,29 +194,16 @@ def fit_batches(model: PVQVAE, batches: Iterable[dict | tuple[Tensor, Tensor]], 
     first = pair(next(stream))
     if data_init:
         model.data_init(first[0])
-    opt = torch.optim.Adam(model.parameters(), lr=lr_at(t, 0, lr), betas=tuple(t.betas), eps=t.eps,
-                           weight_decay=t.weight_decay)
+    opt = make_adam(model, lr_at(t, 0, lr))
     ema = ema if ema is not None else EMAWeights(model, t.ema_decay)
     losses: list[float] = []
     pending: tuple[Tensor, Tensor] | None = first
     parts_f: dict[str, float] = {}
     for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(t, step, lr)
-        opt.zero_grad(set_to_none=True)
-        parts_f = {}
-        total = 0.0
-        for _ in range(grad_accum):
-            x, mask = pending if pending is not None else pair(next(stream))
-            pending = None
-            loss, parts, _ = generator_step(model, loss_fn, x, mask, step)
-            (loss / grad_accum).backward()
-            for k, v in parts.items():
-                parts_f[k] = parts_f.get(k, 0.0) + float(v.detach()) / grad_accum
-            total += float(loss.detach()) / grad_accum
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt.step()
-        ema.update(model)
+        micro = [pending if pending is not None else pair(next(stream))]
+        micro += [pair(next(stream)) for _ in range(grad_accum - 1)]
+        pending = None
+        total, parts_f = plain_step(model, opt, loss_fn, ema, micro, step, lr)
         losses.append(total)
         if callback is not None:
             callback(step, {**parts_f, "loss": total})

@@ -82,6 +82,24 @@ def init_distributed(cfg: PVQConfig, run_dir: Path, lone: bool) -> tuple[int, in
     return dist.get_rank(), dist.get_world_size(), device
 
 
+def mark_zero3_leaves(model: PVQVAE) -> int:
+    """Make every activation-checkpointing block and the quantizer a DeepSpeed ZeRO-3 leaf module:
+    its parameters are fetched and released together by one hook pair on the block, and no hooks
+    go on the modules inside it. Returns the number of leaves.
+
+    A leaf must receive an input that requires grad: DeepSpeed releases a leaf's parameters from
+    its full backward hook, which fires early (before the block's own backward) when no input needs
+    a gradient. The blocks chosen here sit after the encoder's first conv, so theirs always do."""
+    from deepspeed.utils import set_z3_leaf_module
+
+    from ..blocks import Checkpointed
+
+    leaves = [m for m in model.modules() if isinstance(m, Checkpointed)] + [model.quantizer]
+    for m in leaves:
+        set_z3_leaf_module(m, True)
+    return len(leaves)
+
+
 def _broadcast_module(module: torch.nn.Module) -> None:
     if dist.get_world_size() > 1:
         for t in list(module.parameters()) + list(module.buffers()):
@@ -115,7 +133,9 @@ def build_engines(cfg: PVQConfig, rank: int, world: int, batches: BatchSource, c
         model.data_init(first["video"])
         _broadcast_module(model)
     ds_cfg = build_ds_config(cfg, world, persistence_threshold=t.persistence_threshold)
-    adam = dict(lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
+    if t.zero3_leaf_blocks and t.zero_stage == 3:
+        mark_zero3_leaves(model)
+    adam = dict(lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay, fused=t.fused_adam)
     engine_g, _, _, _ = deepspeed.initialize(model=model, optimizer=torch.optim.Adam(model.parameters(), **adam),
                                              config=ds_cfg)
     engine_d, _, _, _ = deepspeed.initialize(model=disc, optimizer=torch.optim.Adam(disc.parameters(), **adam),

@@ -137,3 +137,27 @@ def test_sigterm_checkpoints_and_resume_continues(tmp_path):
     again = subprocess.run([*cmd, "--max-steps", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((out / "result.json").read_text())["step"] == res["step"] + 2
+
+
+def test_zero3_leaves_are_blocks_fed_by_grad_inputs():
+    """Every ZeRO-3 leaf (each activation-checkpointing block and the quantizer) gets an input that
+    requires grad in a training forward: DeepSpeed releases a leaf's gathered weights from its full
+    backward hook, which fires before the block's own backward when no input needs a gradient, and
+    the backward would then see empty partitions."""
+    from pvq_model.blocks import Checkpointed
+    from pvq_model.train.setup import mark_zero3_leaves
+    from pvq_model.vae import PVQVAE
+
+    cfg = load_config(DEBUG_CONFIG)
+    model = PVQVAE(cfg).train()
+    blocks = [m for m in model.modules() if isinstance(m, Checkpointed)]
+    assert mark_zero3_leaves(model) == len(blocks) + 1 >= 5
+    leaves = [m for m in model.modules() if getattr(m, "_z3_leaf", False)]
+    assert set(map(id, leaves)) == set(map(id, [*blocks, model.quantizer]))
+    seen: list[bool] = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: seen.append(args[0].requires_grad)) for m in leaves]
+    x = torch.rand(1, 3, 16, 64, 64) * 2 - 1  # a clip, no grad (as the trainer's batches)
+    model(x)
+    for h in hooks:
+        h.remove()
+    assert len(seen) == len(leaves) and all(seen)
