@@ -185,7 +185,8 @@ def reshard_engine(src: Path, dst: Path, new_world: int, new_accum: int) -> Engi
     if model0.get("mp_world_size", 1) != 1 or len(model0.get("frozen_param_shapes") or {}):
         raise ReshardError(f"{src}: model parallelism or frozen parameters; only plain ZeRO-3 data parallelism "
                            f"is converted")
-    optims = [_load(optim_files[r])["optimizer_state_dict"] for r in range(old_world)]
+    wholes = [_load(optim_files[r]) for r in range(old_world)]
+    optims = [w["optimizer_state_dict"] for w in wholes]
     groups = model0["param_shapes"]
     if int(optims[0]["zero_stage"]) != 3 or len(optims[0]["fp32_flat_groups"]) != len(groups):
         raise ReshardError(f"{src}: not one ZeRO-3 sub-group per parameter group (zero_stage "
@@ -220,7 +221,7 @@ def reshard_engine(src: Path, dst: Path, new_world: int, new_accum: int) -> Engi
     micro = int(model0["ds_config"]["train_micro_batch_size_per_gpu"])
     dst.mkdir(parents=True, exist_ok=True)
     prefix = _OPTIM.match(optim_files[0].name).group(1) or ""
-    whole = _load(optim_files[0])
+    whole = wholes[0]
     for r in range(new_world):
         new[r]["partition_count"] = new_world
         out = {**whole, "optimizer_state_dict": new[r], "ds_config": _ds_config(whole.get("ds_config"), new_accum,

@@ -108,7 +108,7 @@ def _saved(universal: dict[str, Path], ema_file: Path) -> dict[str, torch.Tensor
     """The saved values, keyed like the restored dump: ``{g,d}/NAME/{fp32,exp_avg,exp_avg_sq}``, ``ema/NAME``."""
     out = {}
     for e, folder in universal.items():
-        for d in sorted((folder / "zero").iterdir()):
+        for d in sorted(p for p in (folder / "zero").iterdir() if p.is_dir()):  # one folder a parameter
             for key in ("fp32", "exp_avg", "exp_avg_sq"):
                 v = torch.load(d / f"{key}.pt", weights_only=False)
                 out[f"{e}/{d.name}/{key}"] = v["param"] if isinstance(v, dict) else v
