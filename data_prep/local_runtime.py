@@ -47,7 +47,9 @@ def pick_executor(cfg: ShardConfig, n_sources: int) -> str:
 def _context():
     # fork: the workers inherit the driver's imports (a spawned or forkserver worker re-imports
     # ~0.4 s of modules first). A driver connected to Ray holds gRPC threads that must not be
-    # forked: then the workers come from a fresh fork server.
+    # forked: then the workers come from a fresh fork server, which imports the main module as
+    # multiprocessing does (a script needs its `if __name__ == "__main__":` guard; only an explicit
+    # `executor: local` gets here, `auto` takes Ray in such a process).
     if not ray_running():
         return multiprocessing.get_context("fork")
     ctx = multiprocessing.get_context("forkserver")
