@@ -48,6 +48,28 @@ __all__ = [  # the job's API; the step functions are re-exported from their modu
 ]
 
 
+KILLED_HOLDER_GRACE_S = 10.0
+"""How long a job waits for the lock of a job whose driver is dead on this host (its local workers
+are still exiting); a live holder is refused at once."""
+
+
+def _holder_alive(holder: str) -> bool:
+    """Whether the lock text ``pid N on HOST, since ...`` names a live process of this host (a holder
+    on another host, or text that does not parse, counts as alive)."""
+    import re
+
+    m = re.match(r"pid (\d+) on (\S+?),", holder)
+    if m is None or m.group(2) != os.uname().nodename:
+        return True
+    try:
+        os.kill(int(m.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextmanager
 def output_lock(out: str) -> Iterator[None]:
     """One writer per local ``--out``: an exclusive ``flock`` on ``OUT/.lock`` for the whole job.
@@ -82,12 +104,20 @@ def output_lock(out: str) -> Iterator[None]:
     path = os.path.join(root, ".lock")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-            raise ShardJobError(f"{out} is being written by another shard job ({holder}); wait for it to "
-                                f"finish, or choose another --out") from None
+        deadline = time.monotonic() + KILLED_HOLDER_GRACE_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                other = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                # the holder's driver is gone: what still holds the lock are its forked workers, which
+                # die with it (PR_SET_PDEATHSIG) within moments; wait for them rather than refuse
+                if not _holder_alive(other) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                raise ShardJobError(f"{out} is being written by another shard job ({other}); wait for it to "
+                                    f"finish, or choose another --out") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, holder.encode(), 0)
         yield

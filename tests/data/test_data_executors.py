@@ -200,3 +200,19 @@ def test_kill_minus_9_of_a_local_job_frees_its_output_at_once(demo, demo_cfg, ra
     reference = job.shard(sources, str(tmp_path / "reference"), demo_cfg(*overrides[:2], "executor=ray"))
     assert _files(out / "v000001") == _files(tmp_path / "reference" / "v000001")
     assert r.stats["samples"] == reference.stats["samples"] > 0
+
+
+def test_lock_holder_liveness_reads_the_lock_text():
+    """A lock whose driver is dead on this host is waited for (its workers are exiting); a live
+    holder, one on another host or unparsable text is treated as a running job."""
+    import subprocess
+
+    from data_prep.shard import _holder_alive
+
+    host = os.uname().nodename
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert _holder_alive(f"pid {os.getpid()} on {host}, since 2026-12-01 10:00:00")
+    assert not _holder_alive(f"pid {dead.pid} on {host}, since 2026-12-01 10:00:00")
+    assert _holder_alive(f"pid {dead.pid} on other-{host}, since 2026-12-01 10:00:00")
+    assert _holder_alive("unknown")
