@@ -140,7 +140,8 @@ def make_adam(model: nn.Module, lr: float) -> torch.optim.Adam:
 
 
 def plain_step(model: PVQVAE, opt: torch.optim.Optimizer, loss_fn: PVQLoss, ema: EMAWeights,
-               micro: Sequence[tuple[Tensor, Tensor]], step: int, lr: float | None = None) -> tuple[float, dict[str, float]]:
+               micro: Sequence[tuple[Tensor, Tensor]], step: int,
+               lr: float | None = None) -> tuple[float, dict[str, float]]:
     """One optimizer step of the plain loop on the micro-batches ``micro`` ((video, mask) pairs,
     ``grad_accum`` of them): each micro-batch's loss divided by their number before its backward
     (DeepSpeed's ``engine.backward``), one clip to ``train.grad_clip``, one Adam step with
