@@ -27,6 +27,7 @@ train the same config on the same batch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -72,6 +73,7 @@ def main() -> None:
     from pvq_model.vae import PVQVAE
 
     warm = args.warm
+    stack = contextlib.ExitStack()
     tmp = Path(tempfile.mkdtemp(prefix="pvq-bench-"))
     common = ["train.fixed_batch=true", f"train.micro_batch={args.batch}", "train.global_batch=" + str(args.batch * 2),
               "loss.adversarial_start_step=1000000", f"train.steps={args.steps}", "train.warmup_steps=1",
@@ -91,25 +93,25 @@ def main() -> None:
     opt = make_adam(model, lr_at(cfg.train, 0))
     ema, loss_fn = EMAWeights(model, cfg.train.ema_decay), PVQLoss(cfg)
 
-    # the DeepSpeed trainer's engines and step (pvq_model.train.loop runs exactly these per step)
-    with setup.lone_process_env() as lone:
-        rank, world, device = setup.init_distributed(cfg, tmp / "ds", lone)
-        engines = setup.build_engines(cfg, rank, world, training_batches, tmp / "ds" / "checkpoints", resume=False)
-        ds_loss = setup.build_loss(cfg, device)
-        micro_batches = training_batches(cfg, rank, world, 0)
-        plain_s: list[float] = []
-        ds_s: list[float] = []
-        # alternate rounds of steps, so that a drift in the machine's speed hits both loops alike
-        for first in range(0, args.steps, args.round):
-            for step in range(first, min(first + args.round, args.steps)):
-                tic = time.perf_counter()
-                plain_step(model, opt, loss_fn, ema, [(batch, mask)], step)
-                plain_s.append(time.perf_counter() - tic)
-            for step in range(first, min(first + args.round, args.steps)):
-                tic = time.perf_counter()
-                train_step(engines, ds_loss, micro_batches, step, cfg, device)
-                ds_s.append(time.perf_counter() - tic)
-        torch.distributed.destroy_process_group()
+    # the DeepSpeed trainer's engines and step (pvq_model.train.loop runs exactly these per step); the
+    # world of one stays up for part 2's trainer (DeepSpeed keeps its first process group)
+    lone = stack.enter_context(setup.lone_process_env())
+    rank, world, device = setup.init_distributed(cfg, tmp / "ds", lone)
+    engines = setup.build_engines(cfg, rank, world, training_batches, tmp / "ds" / "checkpoints", resume=False)
+    ds_loss = setup.build_loss(cfg, device)
+    micro_batches = training_batches(cfg, rank, world, 0)
+    plain_s: list[float] = []
+    ds_s: list[float] = []
+    # alternate rounds of steps, so that a drift in the machine's speed hits both loops alike
+    for first in range(0, args.steps, args.round):
+        for step in range(first, min(first + args.round, args.steps)):
+            tic = time.perf_counter()
+            plain_step(model, opt, loss_fn, ema, [(batch, mask)], step)
+            plain_s.append(time.perf_counter() - tic)
+        for step in range(first, min(first + args.round, args.steps)):
+            tic = time.perf_counter()
+            train_step(engines, ds_loss, micro_batches, step, cfg, device)
+            ds_s.append(time.perf_counter() - tic)
     plain = args.batch / statistics.median(plain_s[warm:])
     ds = args.batch / statistics.median(ds_s[warm:])
     print(f"plain PyTorch loop : {plain:7.2f} samples/s (fp32)")
