@@ -32,5 +32,22 @@ def main(argv: list[str] | None = None) -> int:
     return 143 if result.stopped else 0  # 128 + SIGTERM: checkpointed, not finished
 
 
+def _exit(code: int) -> None:
+    """End the process without the interpreter's teardown, once everything is flushed.
+
+    The work is done and written by now (checkpoints, export, ``result.json``, the MLflow run
+    closed). What is left is the C++ teardown of torch.distributed's and DeepSpeed's objects at
+    interpreter exit, which can abort after a clean ``destroy_process_group`` ("terminate called
+    without an active exception", SIGABRT on one rank; pytorch/pytorch#179291 describes the gloo
+    side): CI saw it once in a finished 2-rank run, and torchrun then fails the whole job."""
+    import logging
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

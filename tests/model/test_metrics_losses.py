@@ -23,6 +23,22 @@ def test_ssim_of_identical_and_different_pairs():
     assert (frame_ssim(x, torch.rand(2, 3, 32, 32, generator=g) * 2 - 1) < 0.2).all()
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 32, 32), (3, 3, 137, 201), (1, 1, 20, 17)])
+def test_ssim_in_strips_equals_torchmetrics(shape):
+    """frame_ssim computes the map a strip of rows at a time (a 4K frame in torchmetrics takes
+    ~6 GB); every strip height, down to one row, gives torchmetrics' number."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(*shape, generator=g) * 2 - 1
+    y = (x + 0.3 * torch.randn(*shape, generator=g)).clamp(-1, 1)
+    ref = structural_similarity_index_measure((y + 1) / 2, (x + 1) / 2, data_range=1.0, reduction="none")
+    for rows in (1, 7, 64, shape[2]):
+        assert torch.allclose(frame_ssim(x, y, rows), ref, atol=2e-6, rtol=0), rows
+    with pytest.raises(ValueError, match="larger than 5 x 5"):
+        frame_ssim(x[..., :4, :], y[..., :4, :])
+
+
 def test_clip_metrics_respect_the_mask():
     x = torch.zeros(1, 3, 16, 32, 32)
     y = x + 0.1
