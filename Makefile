@@ -44,7 +44,7 @@ ffmpeg:
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq ffmpeg; fi; }
 
 test: install
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --durations=25
 
 test-fast: install
 	$(PY) -m pytest tests -q -m "not slow"
