@@ -16,6 +16,13 @@ adds overrides to every case; ``--cases`` picks cases by name. The README's numb
     nice -n 19 python benchmarks/tiled_memory.py --cases debug-1080p-96,debug-540p-96,debug-270p-96,debug-270p-384
     nice -n 19 python benchmarks/tiled_memory.py --seams --checkpoint runs/fidelity-cpu-l8-1600/export
 
+``--windows`` measures instead the peak RSS of the largest encode window and the largest decode
+window of a 1920x1080x96 clip alone, each in a fresh child process (model weights included), for
+models whose full run does not fit in a session on CPU (the paper model: ~115 s a window, 240
+windows)::
+
+    nice -n 19 python benchmarks/tiled_memory.py --windows debug,paper --set inference.tile_size=256
+
 Randomly initialised weights are used (the memory and time do not depend on the weights);
 ``--checkpoint`` runs a trained export instead.
 """
@@ -98,6 +105,63 @@ def run_case(name: str, work: Path, overrides: list[str], checkpoint: str | None
     return row
 
 
+WINDOW_CLIP = (96, 1088, 1920)
+"""(T, H, W) of the clip whose largest windows ``--windows`` measures: 1080p x 96, padded to the grid."""
+
+
+def _window_child(which: str, config: str, overrides: list[str]) -> None:
+    """In a child process: run the model's largest ``which`` (enc / dec) window of :data:`WINDOW_CLIP`
+    once and print one json line with its shape, seconds and the process's peak RSS."""
+    import resource
+
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from pvq_model.config import load_config
+    from pvq_model.tiling import axis_plan
+    from pvq_model.vae import PVQVAE
+
+    def largest(spec, size):  # the largest window along each axis
+        return [max(a.hi - a.lo for a in axis_plan(n, spec.tile[i], spec.overlap[i], spec.halo[i], 1.0)[0])
+                for i, n in enumerate(size)]
+
+    torch.manual_seed(0)
+    model = PVQVAE(load_config(ROOT / "configs" / f"{config}.yaml", overrides)).eval()
+    enc, dec = model._specs()
+    if which == "enc":
+        shape = largest(enc, WINDOW_CLIP)
+        x = torch.rand(1, 3, *shape) * 2 - 1
+        fn = lambda: model.encoder(x).latent  # noqa: E731
+    else:
+        shape = largest(dec, [n // f for n, f in zip(WINDOW_CLIP, model.factor)])
+        x = torch.randn(1, model.cfg.model.latent_dim, *shape)
+        fn = model.decoder
+    start = time.perf_counter()
+    with torch.no_grad():
+        y = fn() if which == "enc" else fn(x)
+    print(json.dumps({"window": which, "config": config, "input": list(x.shape[2:]), "output": list(y.shape[2:]),
+                      "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+                      "seconds": time.perf_counter() - start,
+                      "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB}))
+
+
+def windows(configs: list[str], overrides: list[str]) -> list[dict]:
+    rows = []
+    for config in configs:
+        for which in ("enc", "dec"):
+            cmd = [sys.executable, __file__, "--window-child", which, "--config-name", config,
+                   *[a for o in [*STREAM, *overrides] for a in ("--set", o)]]
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{config} {which} window failed:\n{proc.stderr[-2000:]}")
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            rows.append(r)
+            print(f"{config:<6} {which} window {'x'.join(map(str, r['input']))} -> {'x'.join(map(str, r['output']))}"
+                  f"  ({r['params_m']:.1f} M params)  peak RSS {r['peak_rss_gib']:5.2f} GiB  {r['seconds']:6.1f} s",
+                  flush=True)
+    return rows
+
+
 SEAM_CLIPS = ("arm_wrestling_340x256.mp4", "pool_cleaning_340x256.mp4", "teddy_hands_368x480.mp4",
               "cat_sofa_368x480.mp4")
 """Real 87-96-frame clips of ../shared/media/videos at native size (small: the seams are temporal)."""
@@ -164,7 +228,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seams", action="store_true",
                    help="instead: the chunk-border PSNR check of the trained --checkpoint on real clips")
     p.add_argument("--media", default=str(ROOT.parent / "shared" / "media" / "videos"))
+    p.add_argument("--windows", default=None, metavar="CONFIGS",
+                   help="instead: the largest encode and decode window of 1080p x 96 alone, per config (debug,paper)")
+    p.add_argument("--window-child", choices=("enc", "dec"), help=argparse.SUPPRESS)
+    p.add_argument("--config-name", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.window_child:
+        _window_child(args.window_child, args.config_name, args.overrides)
+        return 0
+    if args.windows:
+        rows = windows([c.strip() for c in args.windows.split(",") if c.strip()], args.overrides)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2))
+        return 0
     work = Path(args.work)
     if args.seams:
         if not args.checkpoint:
