@@ -50,12 +50,17 @@ tiles with a 32-px halo; decode: 1 latent frame (16 frames) and 64 px of context
 CHUNK16 = ["inference.chunk_frames=16"]
 """4K: 16-frame chunks halve the one chunk of fp32 output that is held (3840x2160x16: 1.6 GB)."""
 
+PAPER_TILE = ["inference.tile_size=256"]
+"""The paper model's windows at 512-px tiles would hold ~5x the memory of its 256-px ones (one 32x320^2
+encode window: 4.95 GiB, ``--windows paper --set inference.tile_size=256``)."""
+
 CASES = {  # name: (config, width, height, frames, bar in GiB or None, extra overrides)
     "debug-1080p-96": ("debug", 1920, 1080, 96, 4.0, []),
     "debug-1080p-384": ("debug", 1920, 1080, 384, None, []),  # flatness against debug-1080p-96
     "debug-4k-96": ("debug", 3840, 2160, 96, 6.0, CHUNK16),
     "debug-4k-48": ("debug", 3840, 2160, 48, 6.0, CHUNK16),  # the 96-frame case's windows, half the time
-    "paper-1080p-96": ("paper", 1920, 1080, 96, 8.0, []),
+    "paper-1080p-96": ("paper", 1920, 1080, 96, 8.0, PAPER_TILE),
+    "paper-1080p-32": ("paper", 1920, 1080, 32, 8.0, PAPER_TILE),  # one chunk of the 96-frame case, a third of the time
     "debug-540p-96": ("debug", 960, 540, 96, None, []),
     "debug-540p-384": ("debug", 960, 540, 384, None, []),  # flatness against debug-540p-96
     "debug-270p-96": ("debug", 480, 270, 96, None, []),
