@@ -18,8 +18,8 @@ adds overrides to every case; ``--cases`` picks cases by name. The README's numb
 
 ``--windows`` measures instead the peak RSS of the largest encode window and the largest decode
 window of a 1920x1080x96 clip alone, each in a fresh child process (model weights included), for
-models whose full run does not fit in a session on CPU (the paper model: ~115 s a window, 240
-windows)::
+models whose full run is long on CPU (the paper model at 256-px tiles: ~270 windows of ~18 s on
+the 2 cores alone)::
 
     nice -n 19 python benchmarks/tiled_memory.py --windows debug,paper --set inference.tile_size=256
 

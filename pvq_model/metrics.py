@@ -1,4 +1,5 @@
-"""Reconstruction metrics: PSNR (torchmetrics), SSIM (torchmetrics' definition, in strips) and LPIPS (optional, see perceptual.py).
+"""Reconstruction metrics: PSNR (torchmetrics), SSIM (torchmetrics' definition, computed in strips)
+and LPIPS (optional, see perceptual.py).
 
 Clips are (B, C, T, H, W) in [-1, 1]; ``mask`` (B, T) marks valid frames (images are clips padded
 with zero frames). Metrics are computed per frame on [0, 1] images and averaged over valid frames:
@@ -62,7 +63,7 @@ def frame_ssim(x: Tensor, y: Tensor, rows: int = SSIM_ROWS) -> Tensor:
     reflect-padded images plus the window's radius above and below, and summed in float64. The
     result does not depend on ``rows`` beyond float rounding; memory does: torchmetrics on one 4K
     frame peaks at ~6 GB of temporaries (10 full-size maps and a 121-tap grouped convolution),
-    a strip of 64 rows at ~0.1 GB."""
+    a strip of 64 rows of it at ~0.2 GB."""
     import torch.nn.functional as F
 
     p, t = _to01(y), _to01(x)
