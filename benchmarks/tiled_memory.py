@@ -123,27 +123,22 @@ def _window_child(which: str, config: str, overrides: list[str]) -> None:
 
     sys.path.insert(0, str(ROOT))
     from pvq_model.config import load_config
-    from pvq_model.tiling import axis_plan
+    from pvq_model.tiling import largest_window
     from pvq_model.vae import PVQVAE
-
-    def largest(spec, size):  # the largest window along each axis
-        return [max(a.hi - a.lo for a in axis_plan(n, spec.tile[i], spec.overlap[i], spec.halo[i], 1.0)[0])
-                for i, n in enumerate(size)]
 
     torch.manual_seed(0)
     model = PVQVAE(load_config(ROOT / "configs" / f"{config}.yaml", overrides)).eval()
     enc, dec = model._specs()
     if which == "enc":
-        shape = largest(enc, WINDOW_CLIP)
-        x = torch.rand(1, 3, *shape) * 2 - 1
-        fn = lambda: model.encoder(x).latent  # noqa: E731
+        x = torch.rand(1, 3, *largest_window(WINDOW_CLIP, enc)) * 2 - 1
+        fn = lambda v: model.encoder(v).latent  # noqa: E731
     else:
-        shape = largest(dec, [n // f for n, f in zip(WINDOW_CLIP, model.factor)])
-        x = torch.randn(1, model.cfg.model.latent_dim, *shape)
+        latent = tuple(n // f for n, f in zip(WINDOW_CLIP, model.factor))
+        x = torch.randn(1, model.cfg.model.latent_dim, *largest_window(latent, dec))
         fn = model.decoder
     start = time.perf_counter()
     with torch.no_grad():
-        y = fn() if which == "enc" else fn(x)
+        y = fn(x)
     print(json.dumps({"window": which, "config": config, "input": list(x.shape[2:]), "output": list(y.shape[2:]),
                       "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
                       "seconds": time.perf_counter() - start,

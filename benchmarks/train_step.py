@@ -32,7 +32,6 @@ train the same config on the same batch.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -65,7 +64,14 @@ def main() -> None:
     ap.add_argument("--round", type=int, default=5, help="steps of one loop before switching to the other")
     ap.add_argument("--no-loader", action="store_true", help="skip part 2 (the data-wait fraction on shards)")
     args = ap.parse_args()
+    from pvq_model.train import setup
 
+    # one world of one for both parts: DeepSpeed keeps its first process group, which part 2's trainer reuses
+    with setup.lone_process_env() as lone:
+        _run(args, lone)
+
+
+def _run(args: argparse.Namespace, lone: bool) -> None:
     import torch
 
     from pvq_model.config import load_config
@@ -78,7 +84,6 @@ def main() -> None:
     from pvq_model.vae import PVQVAE
 
     warm = args.warm
-    stack = contextlib.ExitStack()
     tmp = Path(tempfile.mkdtemp(prefix="pvq-bench-"))
     common = ["train.fixed_batch=true", f"train.micro_batch={args.batch}", "train.global_batch=" + str(args.batch * 2),
               "loss.adversarial_start_step=1000000", f"train.steps={args.steps}", "train.warmup_steps=1",
@@ -98,9 +103,7 @@ def main() -> None:
     opt = make_adam(model, lr_at(cfg.train, 0))
     ema, loss_fn = EMAWeights(model, cfg.train.ema_decay), PVQLoss(cfg)
 
-    # the DeepSpeed trainer's engines and step (pvq_model.train.loop runs exactly these per step); the
-    # world of one stays up for part 2's trainer (DeepSpeed keeps its first process group)
-    lone = stack.enter_context(setup.lone_process_env())
+    # the DeepSpeed trainer's engines and step (pvq_model.train.loop runs exactly these per step)
     rank, world, device = setup.init_distributed(cfg, tmp / "ds", lone)
     engines = setup.build_engines(cfg, rank, world, training_batches, tmp / "ds" / "checkpoints", resume=False)
     ds_loss = setup.build_loss(cfg, device)

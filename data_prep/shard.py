@@ -66,7 +66,7 @@ def _holder_alive(holder: str) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # another user's process: alive
     return True
 
 

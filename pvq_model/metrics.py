@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .perceptual import LPIPS, frames_of
@@ -64,8 +65,6 @@ def frame_ssim(x: Tensor, y: Tensor, rows: int = SSIM_ROWS) -> Tensor:
     result does not depend on ``rows`` beyond float rounding; memory does: torchmetrics on one 4K
     frame peaks at ~6 GB of temporaries (10 full-size maps and a 121-tap grouped convolution),
     a strip of 64 rows of it at ~0.2 GB."""
-    import torch.nn.functional as F
-
     p, t = _to01(y), _to01(x)
     n, c, h, w = p.shape
     kernel = _ssim_kernel(c, p.dtype, p.device)

@@ -93,10 +93,16 @@ def axis_plan(n: int, tile: int, overlap: int, halo: int, scale: float,
     return tiles, weight
 
 
+def largest_window(size: tuple[int, int, int], spec: TileSpec) -> tuple[int, int, int]:
+    """(t, h, w) of the largest input window :func:`tiled_stream` reads from an input of ``size``
+    (tile plus halos, along each axis)."""
+    return tuple(max(a.hi - a.lo for a in axis_plan(n, t, o, h, 1.0)[0])
+                 for n, t, o, h in zip(size, spec.tile, spec.overlap, spec.halo))
+
+
 def window_frames(size: tuple[int, int, int], spec: TileSpec) -> int:
     """The most input frames one window of :func:`tiled_stream` reads (chunk plus halos)."""
-    tiles, _ = axis_plan(size[0], spec.tile[0], spec.overlap[0], spec.halo[0], 1.0)
-    return max(a.hi - a.lo for a in tiles)
+    return largest_window(size, spec)[0]
 
 
 def tiled_stream(fn: Callable[[Tensor], Tensor], read: Callable[..., Tensor], size: tuple[int, int, int],
