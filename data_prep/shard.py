@@ -149,7 +149,7 @@ def _shard(sources: list[str], out: str, cfg: ShardConfig, *, progress: Callable
     if manifest.latest_version(out) is not None:
         raise ShardJobError(f"{out} already holds a dataset (version {manifest.latest_version(out)}); "
                             f"use `pvq data refresh` to update it, or choose an empty --out")
-    items = stat_sources(check_hosts(list_sources(sources, exclude=[out]), cfg.allowed_hosts))
+    items = stat_sources(check_hosts(list_sources(sources, exclude=[out]), cfg.allowed_hosts), cfg.allowed_hosts)
     version = manifest.version_name(1)
     start_version(out, job_id(cfg, sources, None, items), version)
     storage.remove_temporaries(storage.join(out, version))
@@ -168,7 +168,7 @@ def _shard(sources: list[str], out: str, cfg: ShardConfig, *, progress: Callable
                                          f"shards, {stats['errors']} errors", stats)
 
 
-def _changed(old: dict, new: dict, tmp_dir: str) -> bool:
+def _changed(old: dict, new: dict, tmp_dir: str, allowed_hosts: list[str]) -> bool:
     if old["uri"] != storage.redact(new["uri"]) or old["caption"] != new["caption"] or old["kind"] != new["kind"]:
         return True
     if old["size"] != new["size"]:
@@ -178,7 +178,7 @@ def _changed(old: dict, new: dict, tmp_dir: str) -> bool:
     if new["size"] < 0 or not old.get("sha256"):  # missing both times / no hash to compare
         return new["size"] >= 0
     try:
-        with storage.local_copy(new["uri"], tmp_dir) as path:
+        with storage.local_copy(new["uri"], tmp_dir, allowed_hosts) as path:
             return sha256_file(path) != old["sha256"]
     except (OSError, storage.StorageError):
         return True
@@ -200,11 +200,11 @@ def _refresh(sources: list[str], out: str, cfg: ShardConfig, *, progress: Callab
              keep_work: bool) -> JobResult:
     t0 = time.time()
     prev = manifest.read_version(out)
-    items = stat_sources(check_hosts(list_sources(sources, exclude=[out]), cfg.allowed_hosts))
+    items = stat_sources(check_hosts(list_sources(sources, exclude=[out]), cfg.allowed_hosts), cfg.allowed_hosts)
     old_sources = {s["id"]: s for s in prev["sources"]}
     new_by_id = {i["id"]: i for i in items}
     changed = {i["id"] for i in items
-               if i["id"] in old_sources and _changed(old_sources[i["id"]], i, cfg.encode.tmp_dir)}
+               if i["id"] in old_sources and _changed(old_sources[i["id"]], i, cfg.encode.tmp_dir, cfg.allowed_hosts)}
     added = {i["id"] for i in items if i["id"] not in old_sources}
     removed = {sid for sid in old_sources if sid not in new_by_id}
     same_cfg = prev["stats"].get("config_fingerprint") == cfg.fingerprint()

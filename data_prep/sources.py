@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from typing import Iterator
 
 from data_prep import storage
+from data_prep.storage import host_allowed
 from pvq_common.media import kind_of
 
 WEBVID_COLUMNS = ("videoid", "contentUrl", "duration", "page_dir", "name")
@@ -75,14 +76,19 @@ def scheme_of(uri: str) -> str | None:
     return m.group(1).lower() if m else None
 
 
-def _complete(text: str) -> bool:
-    """Whether ``text`` ends outside a quoted field (csv's strict mode says "unexpected end of data")."""
+def _strict_error(text: str) -> str | None:
+    """What csv's strict mode says of ``text`` (None: well-formed)."""
     try:
         for _ in csv.reader(io.StringIO(text), strict=True):
             pass
     except csv.Error as e:
-        return "unexpected end of data" not in str(e)
-    return True
+        return str(e)
+    return None
+
+
+def _complete(text: str) -> bool:
+    """Whether ``text`` ends outside a quoted field (csv's strict mode says "unexpected end of data")."""
+    return "unexpected end of data" not in (_strict_error(text) or "")
 
 
 def _looks_like_row(line: str, width: int) -> bool:
@@ -99,9 +105,11 @@ def _looks_like_row(line: str, width: int) -> bool:
 def _csv_records(text: str, width: int) -> Iterator[tuple[int, str, bool]]:
     """Split CSV text (after the header) into records: ``(first line index, text, terminated)``.
 
-    A quoted field may span lines, but never across a line that is a complete row by itself: an
-    unterminated quote then ends at the end of its own line (``terminated`` False) instead of
-    swallowing every later row into one caption.
+    A quoted field may span lines, but never across a line that is a complete row by itself, and a
+    record of several lines must be well-formed CSV: otherwise an unterminated quote ends at the end
+    of its own line (``terminated`` False) and reading starts again on the next line, so it swallows
+    neither the later rows nor a good row whose own quoted field spans lines (its opening quote would
+    close the bad one: ``"never closed`` + ``112,c.mp4,..,"caption on`` + ``two lines"``).
     """
     lines = text.splitlines(keepends=True)
     i = 0
@@ -111,6 +119,8 @@ def _csv_records(text: str, width: int) -> Iterator[tuple[int, str, bool]]:
         while not _complete(buf) and i < len(lines) and not _looks_like_row(lines[i], width):
             buf += lines[i]
             i += 1
+        if i - start > 1 and _strict_error(buf) is not None:  # not one record: only its first line is bad
+            buf, i = lines[start], start + 1
         yield start, buf, _complete(buf)
 
 
@@ -264,35 +274,32 @@ def unique_ids(items: list[SourceItem]) -> list[SourceItem]:
     """Make ids unique by construction, keeping every input.
 
     The same (id, uri) listed twice (one CSV given twice, a folder and a file in it) is one input:
-    kept once. An id shared by *different* inputs (two folders that both hold ``clip.mp4``, a CSV
-    that repeats a ``videoid`` with another URL) gets ``@<8 hex of sha1(uri)>`` appended on every one
-    of them, so no input is dropped and the ids do not depend on the order of the specs.
+    kept once; listed again with another caption, the later listing is a ``duplicate_row`` error
+    item (id ``<id>#<n>``) saying which caption was kept, so no caption is dropped without a word. An
+    id shared by *different* inputs (two folders that both hold ``clip.mp4``, a CSV that repeats a
+    ``videoid`` with another URL) gets ``@<8 hex of sha1(uri)>`` appended on every one of them, so no
+    input is dropped and the ids do not depend on the order of the specs.
     """
     uris: dict[str, set[str]] = {}
     for it in items:
         uris.setdefault(it.id, set()).add(it.uri)
-    seen: set[tuple[str, str]] = set()
+    kept: dict[tuple[str, str], SourceItem] = {}
+    repeats: dict[tuple[str, str], int] = {}
     out = []
     for it in items:
-        if (it.id, it.uri) in seen:
-            continue
-        seen.add((it.id, it.uri))
+        key = (it.id, it.uri)
         if len(uris[it.id]) > 1:
             it = SourceItem(**{**it.to_dict(), "id": f"{it.id}@{hashlib.sha1(it.uri.encode()).hexdigest()[:8]}"})
-        out.append(it)
+        first = kept.get(key)
+        if first is None:
+            kept[key] = it
+            out.append(it)
+        elif it.error is None and first.error is None and (it.caption, it.kind) != (first.caption, first.kind):
+            n = repeats[key] = repeats.get(key, 1) + 1
+            out.append(SourceItem(f"{it.id}#{n}", it.uri, it.caption, it.kind, "duplicate_row",
+                                  f"{it.id}: {storage.redact(it.uri)} listed again with another caption "
+                                  f"({it.caption[:80]!r}); kept the first listing ({first.caption[:80]!r})"))
     return out
-
-
-def host_allowed(uri: str, allowed: list[str]) -> bool:
-    """Whether an http(s) ``uri`` may be fetched under ``allowed_hosts`` (empty: any host)."""
-    from urllib.parse import urlsplit
-
-    if not allowed or not uri.lower().startswith(("http://", "https://")):
-        return True
-    u = urlsplit(uri)
-    host = (u.hostname or "").lower()
-    names = {a.lower() for a in allowed}
-    return host in names or (u.port is not None and f"{host}:{u.port}" in names)
 
 
 def check_hosts(items: list[SourceItem], allowed_hosts: list[str]) -> list[SourceItem]:
@@ -307,21 +314,24 @@ def check_hosts(items: list[SourceItem], allowed_hosts: list[str]) -> list[Sourc
     return out
 
 
-def _stat_item(it: SourceItem) -> dict:
+def _stat_item(it: SourceItem, allowed_hosts: list[str] | None = None) -> dict:
     d = it.to_dict()
     if it.error is None and it.size is not None:  # stat'ed by the listing
         return d
     d.update(size=-1, version="")
     if it.error is None:
         try:
-            d.update(storage.info(it.uri))
-        except Exception:  # noqa: BLE001 - any failure to stat is a missing source, recorded per item
-            pass
+            d.update(storage.info(it.uri, allowed_hosts))
+        except Exception as e:  # noqa: BLE001 - any failure to stat is a missing source, recorded per item
+            refused = storage.host_refusal(e)
+            if refused is not None:  # an allowed host redirected elsewhere: no request was made there
+                d.update(error="host_not_allowed", detail=str(refused))
     return d
 
 
-def stat_sources(items: list[SourceItem]) -> list[dict]:
+def stat_sources(items: list[SourceItem], allowed_hosts: list[str] | None = None) -> list[dict]:
     """Items as dicts with ``size`` and ``version`` (mtime or ETag; ``size`` -1: missing), stat'ed in
-    parallel, except those whose listing gave them (S3 folders)."""
+    parallel, except those whose listing gave them (S3 folders); an http(s) source that redirects to
+    a host outside ``allowed_hosts`` becomes a ``host_not_allowed`` item."""
     with ThreadPoolExecutor(8) as pool:
-        return list(pool.map(_stat_item, items))
+        return list(pool.map(lambda it: _stat_item(it, allowed_hosts), items))

@@ -8,6 +8,7 @@ with :func:`pvq_common.env.scoped_env` while they work).
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import re
@@ -27,6 +28,53 @@ S3_ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"
 
 class StorageError(OSError):
     """A path cannot be read or written; the message names the path and the likely fix."""
+
+
+class HostNotAllowed(StorageError):
+    """An http(s) request (or a redirect it received) would go to a host outside ``allowed_hosts``."""
+
+
+def host_allowed(uri: str, allowed: list[str] | tuple[str, ...] | None) -> bool:
+    """Whether an http(s) ``uri`` may be fetched under ``allowed`` (``name`` or ``name:port``; empty:
+    any host). Other schemes are not network fetches and always pass."""
+    from urllib.parse import urlsplit
+
+    if not allowed or not uri.lower().startswith(("http://", "https://")):
+        return True
+    u = urlsplit(uri)
+    host = (u.hostname or "").lower()
+    names = {a.lower() for a in allowed}
+    return host in names or (u.port is not None and f"{host}:{u.port}" in names)
+
+
+def host_refusal(exc: BaseException | None) -> HostNotAllowed | None:
+    """The :class:`HostNotAllowed` behind ``exc`` (fsspec wraps it, e.g. in a FileNotFoundError), if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, HostNotAllowed):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _guarded_client(allowed: tuple[str, ...]):
+    """fsspec's ``get_client`` for an aiohttp session that refuses to follow a redirect to a host
+    outside ``allowed``: checked on the redirect response, before the next request is made."""
+    async def get_client(**kwargs):
+        import aiohttp
+
+        async def on_redirect(session, ctx, params) -> None:
+            target = str(params.url.join(type(params.url)(params.response.headers.get("Location", ""))))
+            if not host_allowed(target, allowed):
+                raise HostNotAllowed(f"{redact(str(params.url))} redirects to {redact(target)}: host not in "
+                                     f"allowed_hosts {list(allowed)}")
+
+        trace = aiohttp.TraceConfig()
+        trace.on_request_redirect.append(on_redirect)
+        return aiohttp.ClientSession(trace_configs=[*kwargs.pop("trace_configs", []), trace], **kwargs)
+    return get_client
 
 
 # query parameters whose values are secrets (presigned URLs, tokens, API keys), matched ignoring case
@@ -108,8 +156,9 @@ def strip_file(uri: str) -> str:
     return uri[len("file://"):] if uri.startswith("file://") else uri
 
 
-def fs_of(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """(filesystem, path without protocol) for ``uri``."""
+def fs_of(uri: str, allowed_hosts: list[str] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path without protocol) for ``uri``; with ``allowed_hosts``, an http(s) filesystem
+    whose requests never follow a redirect to another host (:class:`HostNotAllowed`)."""
     uri = strip_file(uri)
     if uri.startswith("s3://"):
         opts: dict = {"use_listings_cache": False, "skip_instance_cache": False}
@@ -124,6 +173,8 @@ def fs_of(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
         return fs, uri[len("s3://"):]
     if "://" in uri:
         proto = uri.split("://", 1)[0]
+        if allowed_hosts and proto.lower() in ("http", "https"):
+            return fsspec.filesystem(proto, get_client=_guarded_client(tuple(allowed_hosts))), uri
         return fsspec.filesystem(proto), uri
     return fsspec.filesystem("file"), os.path.abspath(uri)
 
@@ -182,9 +233,9 @@ def _stat(i: dict) -> dict:
     return {"size": int(i.get("size") or 0), "version": str(version).strip('"')}
 
 
-def info(uri: str) -> dict:
+def info(uri: str, allowed_hosts: list[str] | None = None) -> dict:
     """``{"size": int, "version": str}``: version is the mtime (local) or the ETag (S3)."""
-    fs, p = fs_of(uri)
+    fs, p = fs_of(uri, allowed_hosts)
     return _stat(fs.info(p))
 
 
@@ -261,15 +312,16 @@ def remove_temporaries(uri: str) -> int:
 
 
 @contextmanager
-def local_copy(uri: str, tmp_dir: str) -> Iterator[str]:
-    """A local file path for ``uri``: the path itself when local, else a temporary download."""
+def local_copy(uri: str, tmp_dir: str, allowed_hosts: list[str] | None = None) -> Iterator[str]:
+    """A local file path for ``uri``: the path itself when local, else a temporary download (http(s)
+    redirects checked against ``allowed_hosts``, see :func:`fs_of`)."""
     if not is_remote(uri):
         yield strip_file(uri)
         return
     d = tempfile.mkdtemp(prefix="pvq-src-", dir=scratch_dir(tmp_dir))
     try:
         local = os.path.join(d, "src" + posixpath.splitext(uri.split("?")[0])[1])
-        fs, p = fs_of(uri)
+        fs, p = fs_of(uri, allowed_hosts)
         fs.get_file(p, local)
         yield local
     finally:

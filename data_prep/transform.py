@@ -100,7 +100,7 @@ def _process_into(item: dict, source: dict, cfg: ShardConfig, tmp: str) -> dict:
         return {"source": {**source, "status": reason}, "clips": [], "errors": [_error(item, reason, detail)]}
 
     try:
-        with storage.local_copy(item["uri"], cfg.encode.tmp_dir) as path:
+        with storage.local_copy(item["uri"], cfg.encode.tmp_dir, cfg.allowed_hosts) as path:
             p = probe(path, item["kind"])
             if p.error:
                 return fail(p.error, p.detail)
@@ -144,6 +144,9 @@ def _process_into(item: dict, source: dict, cfg: ShardConfig, tmp: str) -> dict:
     except EncodeError as e:
         return fail("encode_failed", str(e))
     except (OSError, storage.StorageError) as e:
+        refused = storage.host_refusal(e)
+        if refused is not None:  # redirected to a host outside allowed_hosts: no request made there
+            return fail("host_not_allowed", str(refused))
         return fail("download_failed", f"{storage.redact(item['uri'])}: {e}")
     except Exception as e:  # noqa: BLE001 - a bad input never kills the Ray task (and every rerun with it)
         return fail("internal_error", f"{storage.redact(item['uri'])}: {type(e).__name__}: {e}")

@@ -103,14 +103,14 @@ PY
 }
 
 PREFECT_SERVER_API_AUTH_STRING="pvq:$SECRET" \
-PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS="http://127.0.0.1:$PREFECT_PORT" \
+PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS="http://127.0.0.1:$PREFECT_PORT,http://localhost:$PREFECT_PORT" \
   start prefect-server "$BIN/python" "$ROOT/infra/local/prefect_server.py" --host 127.0.0.1 --port "$PREFECT_PORT" \
   --allowed-hosts 127.0.0.1,localhost
 MLFLOW_AUTH_CONFIG_PATH="$STATE/mlflow_auth.ini" MLFLOW_AUTH_ADMIN_PASSWORD="$SECRET" \
 MLFLOW_FLASK_SERVER_SECRET_KEY="$("$BIN/python" -c 'import secrets; print(secrets.token_hex(32))')" \
   start mlflow-server "$BIN/mlflow" server --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
   --app-name basic-auth --allowed-hosts "127.0.0.1:$MLFLOW_PORT,localhost:$MLFLOW_PORT" \
-  --cors-allowed-origins "http://127.0.0.1:$MLFLOW_PORT" \
+  --cors-allowed-origins "http://127.0.0.1:$MLFLOW_PORT,http://localhost:$MLFLOW_PORT" \
   --backend-store-uri "sqlite:///$MLDIR/mlflow.db" --artifacts-destination "$MLDIR/artifacts"
 wait_http prefect-server "$PREFECT_API_URL/health" "${PVQ_SERVICES_WAIT_S:-120}"
 wait_http mlflow-server "$MLFLOW_TRACKING_URI/health" "${PVQ_SERVICES_WAIT_S:-120}"

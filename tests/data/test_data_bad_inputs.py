@@ -2,10 +2,13 @@
 clear reason or is handled correctly, and every good input still lands.
 
 One shard job runs over a corpus built here: a WebVid CSV with an unterminated quote in the middle,
-a field over 128 KiB, ftp:// / github:// / unknown schemes, an empty contentUrl, a repeated videoid,
-a host outside ``allowed_hosts``, an HLS playlist saved as ``.mp4``, a rotated video and a caption
-that legitimately spans two lines; two folders that both hold ``clip.mp4``; a folder with a PNG
-decompression bomb beside a good photo; a single file whose name starts with ``-``.
+a field over 128 KiB, ftp:// / github:// / unknown schemes, an empty contentUrl, a repeated videoid
+(for another file, and for the same file with another caption),
+a host outside ``allowed_hosts``, an allowed host that redirects to another one (and one that
+redirects to itself), an HLS and a concat playlist saved as ``.mp4``, a rotated video, a caption that
+legitimately spans two lines, and an unterminated quote right before such a caption; two folders
+that both hold ``clip.mp4``; a folder with a PNG decompression bomb beside a good photo; a single
+file whose name starts with ``-``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import shutil
 import struct
 import subprocess
 import tarfile
+import threading
 import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import decord
@@ -55,13 +60,66 @@ def _ffmpeg(*args: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
+def hosts(tmp_path_factory):
+    """Two http servers on 127.0.0.1: ``allowed`` serves ``/video.mp4`` and redirects ``/out/*`` to
+    ``other`` (outside ``allowed_hosts``) and ``/in/*`` to its own ``/video.mp4``; ``other`` counts
+    the requests it gets."""
+    video = make_video(tmp_path_factory.mktemp("served") / "v.mp4", "testsrc", 64, 64, 16, 10).read_bytes()
+    requests = {"other": 0}
+
+    class Quiet(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def reply(self, code: int, body: bytes = b"", location: str | None = None) -> None:
+            self.send_response(code)
+            if location:
+                self.send_header("Location", location)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command == "GET":
+                self.wfile.write(body)
+
+    class Other(Quiet):
+        def do_GET(self):
+            requests["other"] += 1
+            self.reply(200, video)
+
+        do_HEAD = do_GET
+
+    other = ThreadingHTTPServer(("127.0.0.1", 0), Other)
+
+    class Allowed(Quiet):
+        def do_GET(self):
+            if self.path.startswith("/out/"):
+                self.reply(302, location=f"http://127.0.0.1:{other.server_port}/video.mp4")
+            elif self.path.startswith("/in/"):
+                self.reply(302, location="/video.mp4")
+            else:
+                self.reply(200, video)
+
+        do_HEAD = do_GET
+
+    allowed = ThreadingHTTPServer(("127.0.0.1", 0), Allowed)
+    for server in (allowed, other):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield {"allowed": f"127.0.0.1:{allowed.server_port}", "other": f"127.0.0.1:{other.server_port}",
+           "requests": requests}
+    for server in (allowed, other):
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, hosts):
     root = tmp_path_factory.mktemp("hostile")
     c = root / "csv"
-    for i, name in enumerate(("testsrc2", "smptebars", "mandelbrot", "rgbtestsrc", "testsrc", "yuvtestsrc")):
+    for i, name in enumerate(("testsrc2", "smptebars", "mandelbrot", "rgbtestsrc", "testsrc", "yuvtestsrc",
+                              "testsrc2", "smptebars")):
         make_video(c / f"good{i}.mp4", name, 64, 64, 16, 10)
     make_video(c / "dup.mp4", "mandelbrot", 64, 64, 16, 10)
     make_video(c / "multi.mp4", "smptebars", 64, 64, 16, 10)
+    make_video(c / "multi2.mp4", "rgbtestsrc", 64, 64, 16, 10)
     # HLS playlist saved as .mp4: it points at a segment of another video
     make_video(c / "secret.mp4", "rgbtestsrc", 64, 64, 16, 10)
     _ffmpeg("-i", str(c / "secret.mp4"), "-c", "copy", "-f", "hls", "-hls_time", "100", str(c / "list.m3u8"))
@@ -88,8 +146,17 @@ def corpus(tmp_path_factory):
         "111,rot.mp4,PT1S,d,rotated",
         '112,multi.mp4,PT1S,d,"a caption on',
         'two lines"',
-        "113,good5.mp4,PT1S,d,last row",
+        "113,good5.mp4,PT1S,d,row after the multi-line caption",
+        '114,good6.mp4,PT1S,d,"a quote never closed, right before a multi-line caption',
+        '115,multi2.mp4,PT1S,d,"its opening quote must not close the bad one,',
+        'and this line is its own"',
+        f"116,http://{hosts['allowed']}/out/r.mp4,PT1S,d,an allowed host redirecting to another one",
+        f"117,http://{hosts['allowed']}/in/r.mp4,PT1S,d,an allowed host redirecting to itself",
+        "118,good7.mp4,PT1S,d,last row",
+        "119,concat.mp4,PT1S,d,a concat playlist",
+        "100,good0.mp4,PT1S,d,the first file listed again with another caption",
     ]
+    (c / "concat.mp4").write_text("ffconcat version 1.0\nfile 'good0.mp4'\n")
     (c / "list.csv").write_text("\n".join(lines) + "\n")
     make_video(root / "a" / "clip.mp4", "testsrc2", 64, 64, 16, 10)
     make_video(root / "b" / "clip.mp4", "smptebars", 64, 64, 16, 10)
@@ -101,8 +168,9 @@ def corpus(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def built(corpus, demo_cfg, ray_cluster, tmp_path_factory):
-    cfg = demo_cfg("encode.codec=lossless", "allowed_hosts=[localhost]", "shards.val_fraction=0.0")
+def built(corpus, hosts, demo_cfg, ray_cluster, tmp_path_factory):
+    cfg = demo_cfg("encode.codec=lossless", f"allowed_hosts=[localhost,'{hosts['allowed']}']",
+                   "shards.val_fraction=0.0")
     out = tmp_path_factory.mktemp("hostile-out") / "out"
     cwd = os.getcwd()
     os.chdir(corpus)  # the single-file spec is the relative name "-dash.mp4"
@@ -138,11 +206,19 @@ def test_csv_rows_fail_one_by_one_and_every_good_row_lands(built):
     assert err["list.csv:row8"][0] == "bad_csv_row" and "empty contentUrl" in err["list.csv:row8"][1]
     for vid, scheme in (("105", "ftp"), ("106", "github"), ("107", "weird+scheme")):
         assert err[f"webvid:{vid}"][0] == "unsupported_scheme" and f"{scheme}://" in err[f"webvid:{vid}"][1]
-    for vid in ("102", "104", "111", "112", "113"):
+    for vid in ("102", "104", "111", "112", "113", "115", "118"):
         assert f"webvid:{vid}" in landed, vid
     assert landed["webvid:102"]["caption"] == "the row after the bad quote"  # not swallowed by row 1
     assert landed["webvid:112"]["caption"] == "a caption on\ntwo lines"  # a real multi-line field still works
-    assert landed["webvid:113"]["caption"] == "last row"
+    assert landed["webvid:113"]["caption"] == "row after the multi-line caption"
+    # an unterminated quote right before a multi-line caption: one error row, the next row intact
+    assert err["list.csv:row15"][0] == "bad_csv_row" and "unterminated quote" in err["list.csv:row15"][1]
+    assert "webvid:114" not in landed and "webvid:114" not in err
+    assert landed["webvid:115"]["caption"] == ("its opening quote must not close the bad one,\n"
+                                               "and this line is its own")
+    assert landed["webvid:118"]["caption"] == "last row"
+    assert not any(k.startswith("list.csv:row") and k not in ("list.csv:row1", "list.csv:row3", "list.csv:row8",
+                                                              "list.csv:row15") for k in err), sorted(err)
 
 
 def test_duplicate_ids_are_made_unique_and_nothing_is_dropped(built, corpus):
@@ -155,6 +231,10 @@ def test_duplicate_ids_are_made_unique_and_nothing_is_dropped(built, corpus):
     assert all(c.startswith("file:clip.mp4@") for c in clips) and clips[0] != clips[1]
     assert len({s["key"] for s in v["samples"]}) == len(v["samples"])
     assert "webvid:100" not in landed and "file:clip.mp4" not in landed
+    # the same file under the same videoid again, with another caption: kept once, the repeat is a row
+    assert landed[dup[0]]["caption"] == "first good row"
+    reason, detail = _errors(v)[f"{dup[0]}#2"]
+    assert reason == "duplicate_row" and "kept the first listing ('first good row')" in detail
 
 
 def test_host_allow_list_refuses_before_any_request(built):
@@ -163,10 +243,21 @@ def test_host_allow_list_refuses_before_any_request(built):
     assert reason == "host_not_allowed" and "127.0.0.1" in detail
 
 
+def test_a_redirect_to_a_host_outside_the_allow_list_is_not_followed(built, hosts):
+    _, _, _, v = built
+    reason, detail = _errors(v)["webvid:116"]
+    assert reason == "host_not_allowed" and f"redirects to http://{hosts['other']}/" in detail
+    assert hosts["requests"]["other"] == 0  # refused on the redirect response, before any request there
+    assert "webvid:116" not in _landed(v)
+    assert _landed(v)["webvid:117"]["uri"] == f"http://{hosts['allowed']}/in/r.mp4"  # same host: followed
+
+
 def test_playlist_with_a_video_extension_is_refused(built):
     _, _, _, v = built
     reason, detail = _errors(v)["webvid:110"]
     assert reason == "unsupported_format" and "hls" in detail
+    reason, detail = _errors(v)["webvid:119"]
+    assert reason == "unsupported_format" and "concat" in detail
     assert not any("secret" in s["uri"] or s["source_id"] == "webvid:110" for s in v["samples"])
 
 

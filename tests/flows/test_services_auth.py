@@ -38,9 +38,9 @@ def _request(url: str, method: str = "GET", body: dict | None = None, auth: str 
         req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
     try:
         with _OPENER.open(req, timeout=30) as r:
-            return r.status, dict(r.headers)
+            return r.status, {k.lower(): v for k, v in r.headers.items()}
     except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers)
+        return e.code, {k.lower(): v for k, v in e.headers.items()}
 
 
 def _read_env(path: Path) -> dict[str, str]:
@@ -106,8 +106,9 @@ def test_prefect_cors_only_allows_its_own_origin(services):
     pre = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
     status, headers = _request(f"{api}/deployments/filter", "OPTIONS", headers={**pre, "Origin": "http://evil.example"})
     assert headers.get("access-control-allow-origin") not in ("*", "http://evil.example"), headers
-    status, headers = _request(f"{api}/deployments/filter", "OPTIONS", headers={**pre, "Origin": own})
-    assert status == 200 and headers.get("access-control-allow-origin") == own
+    for origin in (own, own.replace("127.0.0.1", "localhost")):  # the UI under either loopback name
+        status, headers = _request(f"{api}/deployments/filter", "OPTIONS", headers={**pre, "Origin": origin})
+        assert status == 200 and headers.get("access-control-allow-origin") == origin
 
 
 def test_prefect_refuses_foreign_hosts(services):
@@ -162,6 +163,17 @@ def test_mlflow_refuses_unauthenticated_requests_and_foreign_hosts(services):
     # DNS rebinding: a request that names another host is refused before auth
     status, _ = _request(url, auth=f"pvq:{values['MLFLOW_TRACKING_PASSWORD']}", headers={"Host": "evil.example"})
     assert status in (400, 403)
+    # CORS: a foreign page gets no preflight grant, and its state-changing request is refused even
+    # with the credentials; the UI's own origin is granted
+    create = f"{uri}/api/2.0/mlflow/experiments/create"
+    pre = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    _, headers = _request(create, "OPTIONS", headers={**pre, "Origin": "http://evil.example"})
+    assert headers.get("access-control-allow-origin") not in ("*", "http://evil.example"), headers
+    status, _ = _request(create, "POST", {"name": "from-evil"}, auth=f"pvq:{values['MLFLOW_TRACKING_PASSWORD']}",
+                         headers={"Origin": "http://evil.example"})
+    assert status == 403
+    _, headers = _request(create, "OPTIONS", headers={**pre, "Origin": uri})
+    assert headers.get("access-control-allow-origin") == uri, headers
 
 
 def test_served_path_works_with_the_env_file(services):
