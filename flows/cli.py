@@ -247,7 +247,8 @@ def train(
     set_: list[str] = typer.Option([], "--set", help="config override key.path=value"),
     launcher: str = typer.Option("none", help="none (this process) | local (torchrun) | slurm | deepspeed"),
     nproc: int = typer.Option(0, help="processes per node (0: from the config)"),
-    nnodes: int = typer.Option(0, help="nodes (0: from the config)"),
+    nnodes: int = typer.Option(0, help="nodes (0: from the config; with --resume-from --world-size N: 1 for "
+                               "--launcher none/local, else N / the run's train.gpus_per_node)"),
     dry_run: bool = typer.Option(False, help="print the launch command and per-GPU memory estimate only"),
     max_steps: int = typer.Option(0, help="stop after this many steps in this call (0: until train.steps)"),
     no_resume: bool = typer.Option(False, help="ignore checkpoints already in --out"),
@@ -264,16 +265,20 @@ def train(
     try:
         cfg = load_config(config, set_)
         if resume_from is not None:  # convert the checkpoint to --world-size, say what changed, resume
-            from pvq_model.train.reshard import ReshardError, describe, reshard, resume_overrides
+            from pvq_model.train.reshard import (ReshardError, default_nnodes, describe, reshard, resume_overrides,
+                                                 saved_gpus_per_node)
 
             try:
                 r = reshard(resume_from / "checkpoints", world_size or cfg.train.world_size, write=not dry_run)
-                set_ = [*set_, *resume_overrides(r, nnodes or 1)]
+                # this machine (none / local): one node; a cluster launcher: the run's GPUs per node
+                nnodes = nnodes or (1 if launcher in ("none", "local") else default_nnodes(
+                    r.new_world, saved_gpus_per_node(resume_from) or cfg.train.gpus_per_node))
+                set_ = [*set_, *resume_overrides(r, nnodes)]
             except (ReshardError, OSError) as e:
                 console.print(f"[red]error:[/] {e}")
                 raise typer.Exit(2) from None
             console.print(describe(r))
-            cfg, out, nproc = load_config(config, set_), resume_from, nproc or r.new_world // (nnodes or 1)
+            cfg, out, nproc = load_config(config, set_), resume_from, nproc or r.new_world // nnodes
             launcher = "local" if launcher == "none" and r.new_world > 1 else launcher
     except ConfigError as e:
         console.print(f"[red]error:[/] {e}")

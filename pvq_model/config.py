@@ -229,7 +229,8 @@ class TrainConfig:
     """Bucket names ("WxH") to train on; default every bucket of the dataset."""
     num_workers: int = 0
     fixed_batch: bool = False
-    """Repeat the first batch every step (overfitting checks)."""
+    """Repeat the first batch every step (overfitting checks): each slot's micro-batch of step 0, synthetic
+    or from the shards."""
     log_every: int = 1
     image_metrics_every: int = 100
     """Log PSNR / SSIM of the step's reconstructions (valid frames) every this many steps; the

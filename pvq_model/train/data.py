@@ -58,11 +58,22 @@ def shard_batches(cfg: PVQConfig, rank: int, world_size: int, start_step: int) -
     t = cfg.train
     accum = t.grad_accum
     first, first_a = divmod(start_step, accum)
-    loaders = [iter(make_loader(t.data_path, split="train", batch_size=t.micro_batch, frames=cfg.data.frames,
+
+    def loader(a: int, start: int, workers: int):
+        return iter(make_loader(t.data_path, split="train", batch_size=t.micro_batch, frames=cfg.data.frames,
                                 buckets=t.data_buckets, seed=t.seed, rank=rank * accum + a,
-                                world_size=world_size * accum, start_step=first + (a < first_a),
-                                num_workers=t.num_workers, version=t.data_version))
-               for a in range(accum)]
+                                world_size=world_size * accum, start_step=start, num_workers=workers,
+                                version=t.data_version))
+
+    if t.fixed_batch:  # every step repeats each slot's micro-batch of step 0 (as synthetic_batches does)
+        fixed = [next(loader(a, 0, 0)) for a in range(accum)]
+        micro = start_step
+        while True:
+            step, a = divmod(micro, accum)
+            b = fixed[a]  # fresh tensors: the trainer augments a batch in place
+            yield {**b, "video": b["video"].clone(), "mask": b["mask"].clone(), "step": step, "slot": rank * accum + a}
+            micro += 1
+    loaders = [loader(a, first + (a < first_a), t.num_workers) for a in range(accum)]
     a = first_a
     while True:
         batch = next(loaders[a])

@@ -31,7 +31,8 @@ data (:mod:`pvq_model.train.data`: a step's samples depend only on its slots) co
 
 The result is a new tag ``TAG-worldW'`` beside the original (which is kept), and ``LATEST`` then
 names it. ``pvq train --resume-from RUN --world-size N`` runs :func:`reshard` and prints
-:func:`describe`; ``python -m pvq_model.train.reshard RUN N`` converts only.
+:func:`describe`; ``python -m pvq_model.train.reshard RUN N [--nnodes K]`` converts only and prints
+the ``--set`` overrides (:func:`resume_overrides`) to resume with.
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ class ReshardReport:
 
     @property
     def overrides(self) -> list[str]:
-        """The config overrides of the new layout (one node; add ``train.nodes`` for several)."""
+        """The batch overrides of the new layout; :func:`resume_overrides` adds ``train.nodes`` and
+        ``train.gpus_per_node``, without which the config is refused (world_size != nodes x gpus_per_node)."""
         return [f"train.world_size={self.new_world}", f"train.grad_accum={self.new_accum}",
                 f"train.global_batch={self.global_batch}"]
 
@@ -317,20 +319,65 @@ def describe(r: ReshardReport) -> str:
     return "\n".join(lines)
 
 
+def saved_gpus_per_node(run: Path) -> int | None:
+    """``train.gpus_per_node`` of the config that trained ``run``, as its run directory records it
+    (the checkpoint files hold the world size only): the ``config.json`` the trainer logs to the
+    run's local MLflow store (``mlartifacts/.../RUN_ID/artifacts``, rewritten by every attempt, so
+    the config that wrote the latest checkpoint), else the EMA export's ``config.yaml``; ``None``
+    when neither is there (a remote tracking server and no export)."""
+    import json
+
+    import yaml
+
+    run = Path(run)
+    found = []
+    try:
+        run_id = json.loads((run / "mlflow_run.json").read_text())["run_id"]
+        found = [p for p in (run / "mlartifacts").rglob("config.json")
+                 if p.parent.name == "artifacts" and p.parent.parent.name == run_id]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    for path in [*found, run / "export" / "config.yaml"]:
+        try:
+            text = path.read_text()
+            cfg = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+            return int(cfg["train"]["gpus_per_node"])
+        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+            continue
+    return None
+
+
+def default_nnodes(new_world: int, gpus_per_node: int | None) -> int:
+    """Nodes to resume ``new_world`` ranks on: as many of the run's ``gpus_per_node`` as fill it,
+    when they do exactly (8 ranks of an 8-GPU-node run: 1 node; 32: 4), else one node."""
+    if gpus_per_node and gpus_per_node >= 1 and new_world % gpus_per_node == 0 and new_world // gpus_per_node >= 1:
+        return new_world // gpus_per_node
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pvq_model.train.reshard",
                                 description="Convert a run's latest checkpoint to another world size.")
     p.add_argument("run", type=Path, help="run directory (holds checkpoints/)")
     p.add_argument("world_size", type=int)
     p.add_argument("--tag", help="checkpoint tag (default: LATEST)")
+    p.add_argument("--nnodes", type=int, default=0,
+                   help="nodes the run resumes on, for the printed overrides (default: world_size / the run's "
+                        "train.gpus_per_node when that is a whole number >= 1, else 1)")
     a = p.parse_args(argv)
     try:
+        if a.nnodes < 0:
+            raise ReshardError(f"--nnodes {a.nnodes}: must be >= 1")
+        nnodes = a.nnodes or default_nnodes(a.world_size, saved_gpus_per_node(a.run))
+        if a.world_size >= 1 and a.world_size % nnodes:  # before converting anything
+            raise ReshardError(f"world size {a.world_size} does not split over {nnodes} nodes; choose --nnodes")
         r = reshard(a.run / "checkpoints", a.world_size, a.tag)
+        overrides = resume_overrides(r, nnodes)
     except (ReshardError, FileNotFoundError, ckpt.UntrustedCheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(describe(r))
-    print("resume with: --set " + " --set ".join(r.overrides))
+    print("resume with: --set " + " --set ".join(overrides))
     return 0
 
 

@@ -218,3 +218,71 @@ def test_checkpoint_resumes_two_to_one_and_one_to_two_ranks(isolated, tmp_path):
     assert len(two_losses) == 2 and _rel(two_losses, ref_losses[4:6]) < RTOL, (two_losses, ref_losses)
     print(f"\nlosses vs reference: 2->1 ranks max rel {_rel(one_losses, ref_losses[2:4]):.2g}, "
           f"1->2 ranks {_rel(two_losses, ref_losses[4:6]):.2g}")
+
+
+# bf16 (the paper's precision): DeepSpeed names the optimizer files bf16_zero_pp_rank_*, the module's
+# weights and buffers are bf16, the masters and moments stay fp32. 2 steps (the discriminator steps at 1).
+BF16 = ["train.precision=bf16", "data.scales=[[64,64]]", "train.steps=2", "train.warmup_steps=1"]
+
+
+def test_bf16_checkpoint_reshards_two_to_one_rank(isolated, tmp_path, capsys):
+    """A bf16 2-rank checkpoint, converted by ``python -m pvq_model.train.reshard RUN 1``, restores on
+    1 rank (with the overrides it prints, which the config accepts) to the saved fp32 masters, Adam
+    moments and EMA bit for bit; nothing is trained after the conversion (train.steps is reached)."""
+    entry = tmp_path / "entry.py"
+    entry.write_text(ENTRY)
+    env, run, tag = rank_env(), tmp_path / "run", "step000000002"
+    run.mkdir()
+    res = isolated.run([TORCHRUN, "--standalone", "--nproc_per_node=2", entry, run, "module",
+                        "--config", DEBUG_CONFIG, "--out", run, *_sets(*BF16)], timeout=400, env=env)
+    assert res.returncode == 0, res.stdout[-5000:]
+    ckpts = run / "checkpoints"
+    for e in ("g", "d"):
+        assert sorted(p.name for p in (ckpts / e / tag).glob("*.pt")) == [
+            f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)] + [
+            f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in (0, 1)]
+    module = torch.load(ckpts / "g" / tag / "zero_pp_rank_0_mp_rank_00_model_states.pt", weights_only=False)["module"]
+    assert {v.dtype for v in module.values() if v.is_floating_point()} == {torch.bfloat16}
+    oracle = {e: tmp_path / f"universal-{e}" for e in ("g", "d")}
+    procs = [_universal(ckpts / e / tag, oracle[e]) for e in oracle]
+
+    conv = subprocess.run([sys.executable, "-m", "pvq_model.train.reshard", str(run), "1"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert conv.returncode == 0, conv.stdout[-3000:] + conv.stderr[-5000:]
+    hint = conv.stdout.splitlines()[-1]
+    assert hint == ("resume with: --set train.world_size=1 --set train.grad_accum=2 --set train.global_batch=2 "
+                    "--set train.nodes=1 --set train.gpus_per_node=1")
+    assert "bit for bit" in conv.stdout and (ckpts / "LATEST").read_text() == f"{tag}-world1"
+    for e in ("g", "d"):
+        assert sorted(p.name for p in (ckpts / e / f"{tag}-world1").glob("*.pt")) == [
+            "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt"]
+    # the hint for other layouts (the original tag is already 2 ranks: nothing is converted): the run's
+    # train.gpus_per_node (2) gives 1 node by default, --nnodes overrides it
+    for argv, overrides in (([], "train.nodes=1 --set train.gpus_per_node=2"),
+                            (["--nnodes", "2"], "train.nodes=2 --set train.gpus_per_node=1")):
+        capsys.readouterr()
+        assert reshard.main([str(run), "2", "--tag", tag, *argv]) == 0
+        assert capsys.readouterr().out.splitlines()[-1] == (
+            f"resume with: --set train.world_size=2 --set train.grad_accum=1 --set train.global_batch=2 --set {overrides}")
+    assert reshard.main([str(run), "2", "--tag", tag, "--nnodes", "3"]) == 2
+    assert "does not split over 3 nodes" in capsys.readouterr().err
+    assert (ckpts / "LATEST").read_text() == f"{tag}-world1"
+
+    # restore on 1 rank with the printed overrides (the trainer's own build_engines; 0 steps to train)
+    res = subprocess.run([sys.executable, entry, run, "module", "--config", DEBUG_CONFIG, "--out", run,
+                          *_sets(*BF16), *hint.split()[2:]], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=400)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    _wait_universal(procs)
+    _check_restored(run, _saved(oracle, ckpts / "ema" / f"{tag}.safetensors"), world=1, start=2)
+    result = json.loads((run / "result.json").read_text())
+    assert (result["step"], result["losses"]) == (2, [])
+
+    # pvq train --resume-from RUN --world-size 2 (dry runs: nothing converted or started): a cluster
+    # launcher spreads the ranks over nodes of the run's own train.gpus_per_node (1, as the 1-rank
+    # restore above logged it); this machine's launcher keeps them on one node
+    for launcher, want in (("slurm", "--nnodes=2 --nproc_per_node=1"), ("local", "--nnodes=1 --nproc_per_node=2")):
+        plan = subprocess.run([str(TORCHRUN.with_name("pvq")), "train", "--config", str(DEBUG_CONFIG), *_sets(*BF16),
+                               "--resume-from", str(run), "--world-size", "2", "--launcher", launcher, "--dry-run"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert plan.returncode == 0 and want in " ".join(plan.stdout.split()), plan.stdout[-3000:] + plan.stderr[-3000:]
