@@ -15,6 +15,8 @@ adds overrides to every case; ``--cases`` picks cases by name. The README's numb
 
     nice -n 19 python benchmarks/tiled_memory.py --cases debug-1080p-96,debug-540p-96,debug-270p-96,debug-270p-384
     nice -n 19 python benchmarks/tiled_memory.py --seams --checkpoint runs/fidelity-cpu-l8-1600/export
+    python benchmarks/tiled_memory.py --cases debug-4k-96
+    python benchmarks/tiled_memory.py --cases paper-1080p-96   # 256-px tiles, ~70 min on 2 cores
 
 ``--windows`` measures instead the peak RSS of the largest encode window and the largest decode
 window of a 1920x1080x96 clip alone, each in a fresh child process (model weights included), for
