@@ -152,9 +152,9 @@ def test_s3_folder_sources_are_stated_by_their_listing(s3_server, tmp_path, monk
     heads: list[str] = []
     real_info = storage.info
 
-    def spy_info(uri):
+    def spy_info(uri, *args):
         heads.append(uri)
-        return real_info(uri)
+        return real_info(uri, *args)
 
     items = sources.list_sources(["s3://listed/raw"])
     assert [i.uri for i in items] == [f"s3://listed/raw/sub{i % 2}/v{i}.mp4" for i in (0, 2, 4, 1, 3)]
