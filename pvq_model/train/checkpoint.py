@@ -27,6 +27,30 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 
+class DataLayoutError(ValueError):
+    """A checkpoint resumed with a setting that changes which samples each step reads."""
+
+
+def data_layout(cfg) -> dict | None:
+    """What fixes, besides the step, the samples a step reads from the shards: the number of
+    DataLoader workers (each owns every W-th step of its slot; ranks and accumulation do not matter,
+    :mod:`.data`). ``None`` for synthetic data, which depends on the step and slot only."""
+    return {"num_workers": cfg.train.num_workers} if cfg.train.data_path else None
+
+
+def check_data_layout(where: Path, saved: dict | None, now: dict | None) -> None:
+    """Refuse to resume with another :func:`data_layout` than the checkpoint's (a checkpoint from
+    before it was recorded, or synthetic data, passes)."""
+    if saved is None or now is None or saved == now:
+        return
+    keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    raise DataLayoutError(
+        f"{where}: trained with {', '.join(f'train.{k}={saved.get(k)}' for k in keys)}, this run has "
+        f"{', '.join(f'train.{k}={now.get(k)}' for k in keys)}; the samples of a step depend on it, so "
+        f"resuming with another value would replay and skip samples. Resume with "
+        f"{' '.join(f'--set train.{k}={saved.get(k)}' for k in keys)}")
+
+
 def tag_for(step: int) -> str:
     return f"step{step:09d}"
 
@@ -130,11 +154,13 @@ def prune(root: Path, keep: int, pinned: list[int] | tuple[int, ...] = ()) -> li
 
 
 def save(root: Path, step: int, engine_g, engine_d, ema, rank: int, keep: int = 0,
-         pinned: list[int] | tuple[int, ...] = ()) -> str:
-    """Write the checkpoint of ``step``, make it durable, point ``LATEST`` at it, then prune to the
-    ``keep`` newest plus the ``pinned`` steps (rank 0, after every rank has finished writing)."""
+         pinned: list[int] | tuple[int, ...] = (), layout: dict | None = None) -> str:
+    """Write the checkpoint of ``step`` (with the run's :func:`data_layout` ``layout``), make it
+    durable, point ``LATEST`` at it, then prune to the ``keep`` newest plus the ``pinned`` steps
+    (rank 0, after every rank has finished writing)."""
     tag = tag_for(step)
-    engine_g.save_checkpoint(str(root / "g"), tag=tag, client_state={"step": step})
+    client = {"step": step, **({"data_layout": layout} if layout is not None else {})}
+    engine_g.save_checkpoint(str(root / "g"), tag=tag, client_state=client)
     engine_d.save_checkpoint(str(root / "d"), tag=tag, client_state={"step": step})
     (root / "rng" / tag).mkdir(parents=True, exist_ok=True)
     torch.save(rng_state(), root / "rng" / tag / f"rank{rank}.pt")
@@ -164,14 +190,16 @@ def latest(root: Path) -> str | None:
     return f.read_text().strip() if f.is_file() else None
 
 
-def load(root: Path, tag: str, engine_g, engine_d, ema, rank: int) -> int:
-    """Restore a checkpoint; returns its step. Refuses an untrusted folder (:func:`check_trusted`) and
-    one written by another number of ranks (convert it with :mod:`pvq_model.train.reshard`)."""
+def load(root: Path, tag: str, engine_g, engine_d, ema, rank: int, layout: dict | None = None) -> int:
+    """Restore a checkpoint; returns its step. Refuses an untrusted folder (:func:`check_trusted`), one
+    written by another number of ranks (convert it with :mod:`pvq_model.train.reshard`) and one whose
+    :func:`data_layout` differs from ``layout`` (:func:`check_data_layout`)."""
     check_trusted(root)
     from .reshard import check_world_size
 
     check_world_size(root, tag, dist.get_world_size() if dist.is_initialized() else 1)
     _, client = engine_g.load_checkpoint(str(root / "g"), tag=tag)
+    check_data_layout(root / tag, client.get("data_layout"), layout)
     engine_d.load_checkpoint(str(root / "d"), tag=tag)
     ema.load_state_dict(load_file(root / "ema" / f"{tag}.safetensors"))
     rng_file = root / "rng" / tag / f"rank{rank}.pt"

@@ -102,7 +102,7 @@ def _train(cfg: PVQConfig, out: Path, lone: bool, max_steps: int | None, resume:
             stop_now = agree(stop.requested)
             if (step + 1) % t.checkpoint_every == 0 or step + 1 == end or stop_now:
                 ckpt.save(ckpt_root, step + 1, engines.g, engines.d, engines.ema, rank, keep=t.keep_checkpoints,
-                          pinned=t.pin_checkpoints)
+                          pinned=t.pin_checkpoints, layout=ckpt.data_layout(cfg))
             if stop_now:
                 status = "KILLED"
                 result.stopped = True

@@ -145,7 +145,7 @@ def build_engines(cfg: PVQConfig, rank: int, world: int, batches: BatchSource, c
     for engine in (engine_g, engine_d):
         engine.lr_scheduler.step(0)
     ema = EMA(engine_g.module, t.ema_decay)
-    start = ckpt.load(ckpt_root, tag, engine_g, engine_d, ema, rank) if tag is not None else 0
+    start = 0 if tag is None else ckpt.load(ckpt_root, tag, engine_g, engine_d, ema, rank, ckpt.data_layout(cfg))
     return Engines(engine_g, engine_d, ema, ds_cfg, start, tag)
 
 

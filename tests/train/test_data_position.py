@@ -237,3 +237,35 @@ def test_fixed_batch_repeats_each_slots_first_micro_batch_on_shards(dataset):
         assert torch.equal(b["video"], ref["video"]) and torch.equal(b["mask"], ref["mask"])
         b["video"].add_(1.0)  # an in-place augmentation of one step does not reach the next
     assert torch.equal(next(got)["video"], step0[1]["video"])
+
+
+@pytest.mark.slow
+def test_resume_with_another_number_of_workers_is_refused(dataset, tmp_path):
+    """A DataLoader worker owns every W-th step of its slot, so ``train.num_workers`` is part of the
+    data position: the checkpoint records it, a resume with another value is refused with the fix, and
+    the same value resumes."""
+    import json
+    import subprocess
+    import sys
+
+    from helpers import ROOT, trainer_env
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pvq_model.train", "--config", str(DEBUG_CONFIG), "--out", str(out),
+           "--set", f"train.data_path={dataset}", "--set", "train.data_buckets=[64x64]", "--set", "data.frames=[16]",
+           "--set", "train.checkpoint_every=1", "--set", "train.num_workers=0"]
+
+    def train(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cmd, *extra], cwd=ROOT, env=trainer_env(), capture_output=True, text=True,
+                              timeout=600)
+
+    first = train("--set", "train.steps=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    refused = train("--set", "train.steps=2", "--set", "train.num_workers=1")
+    said = " ".join(refused.stderr.split())
+    assert refused.returncode != 0 and "DataLayoutError" in said, said[-3000:]
+    assert "trained with train.num_workers=0, this run has train.num_workers=1" in said
+    assert "Resume with --set train.num_workers=0" in said
+    again = train("--set", "train.steps=2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((out / "result.json").read_text())["step"] == 2
