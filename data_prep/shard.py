@@ -23,7 +23,10 @@ referenced from the parent version, the others repacked.
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import logging
 import os
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -70,30 +73,62 @@ def _holder_alive(holder: str) -> bool:
     return True
 
 
+def _put_s3_lock(fs, p: str, uri: str, holder: str) -> bool:
+    """Create the lock object if there is none (a conditional put); False when one exists."""
+    try:
+        fs.pipe_file(p, holder.encode(), mode="create")
+        return True
+    except (FileExistsError, OSError) as e:
+        if not isinstance(e, FileExistsError) and "precondition" not in str(e).lower():
+            raise storage._wrap(uri, e) from None  # credentials, endpoint, bucket: named with the fix
+        return False
+
+
+def _take_over_s3_lock(fs, p: str, uri: str, holder: str, stale: str) -> bool:
+    """Replace the lock ``stale`` of a job of this host whose process is gone. Only jobs of this host
+    can judge that, so a local ``flock`` (keyed by the URI) serialises them: under it the object is
+    read again and replaced only if it still says ``stale``, and the new one is again a conditional
+    put, so a job of another host that got in first keeps its lock."""
+    key = hashlib.sha1(uri.encode()).hexdigest()[:16]
+    fd = os.open(os.path.join(tempfile.gettempdir(), f"pvq-s3-lock-{key}"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if storage.read_text(uri).strip() != stale:
+                return False
+            fs.rm_file(p)
+        except (OSError, storage.StorageError):
+            pass  # deleted meanwhile: the put below decides
+        return _put_s3_lock(fs, p, uri, holder)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def output_lock(out: str) -> Iterator[None]:
     """One writer per local ``--out``: an exclusive ``flock`` on ``OUT/.lock`` for the whole job.
 
     A second job on the same output exits at once with a message naming the holder (the lock goes
     with the process, also on ``kill -9``). On S3 the lock is the object ``OUT/.lock`` created with
-    a conditional put (``If-None-Match: *``) and deleted at the end; a job killed with -9 leaves it,
-    and the message says to delete it once no job is running.
+    a conditional put (``If-None-Match: *``) and deleted at the end; a job killed with -9 leaves it.
+    A rerun on the host of the killed job, whose process is gone, takes the lock over (see
+    :func:`_take_over_s3_lock`); from another host the message says to delete it once no job runs.
     """
     holder = f"pid {os.getpid()} on {os.uname().nodename}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
     if storage.is_remote(out):
         uri = storage.join(out, ".lock")
         fs, p = storage.fs_of(uri)
-        try:
-            fs.pipe_file(p, holder.encode(), mode="create")
-        except (FileExistsError, OSError) as e:
-            if not isinstance(e, FileExistsError) and "precondition" not in str(e).lower():
-                raise storage._wrap(uri, e) from None  # credentials, endpoint, bucket: named with the fix
+        if not _put_s3_lock(fs, p, uri, holder):
             try:
                 other = storage.read_text(uri).strip()
             except (OSError, storage.StorageError):
                 other = "unknown"
-            raise ShardJobError(f"{out} is being written by another shard job ({other}), or one that was "
-                                f"killed; wait for it to finish, or delete {uri} once no job is running") from None
+            if _holder_alive(other) or not _take_over_s3_lock(fs, p, uri, holder, other):
+                raise ShardJobError(f"{out} is being written by another shard job ({other}), or one that was "
+                                    f"killed on another host; wait for it to finish, or delete {uri} once no job "
+                                    f"is running") from None
+            logging.getLogger(__name__).warning("%s: took over the lock of a killed shard job (%s): its process "
+                                                "is gone", out, other)
         try:
             yield
         finally:

@@ -364,3 +364,30 @@ def test_s3_output_lock_is_a_conditional_put(s3_server):
     assert not storage.exists("s3://locks/ds/.lock")
     with output_lock("s3://locks/ds"):  # free again
         pass
+
+
+def test_s3_lock_of_a_killed_job_of_this_host_is_taken_over(s3_server, caplog):
+    """A job killed with -9 leaves its S3 lock. A rerun on the same host, where that process is gone,
+    takes it over (saying so); the lock of a live process, or of a job on another host, is refused."""
+    import boto3
+
+    from data_prep import storage
+
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="stale")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    host = os.uname().nodename
+    for holder, taken in ((f"pid {gone.pid} on {host}, since 2026-01-01 00:00:00", True),
+                          (f"pid {os.getppid()} on {host}, since 2026-01-01 00:00:00", False),  # alive
+                          (f"pid {gone.pid} on some-other-host, since 2026-01-01 00:00:00", False)):
+        storage.write_bytes("s3://stale/ds/.lock", holder.encode())
+        if taken:
+            with caplog.at_level("WARNING", logger="data_prep.shard"), output_lock("s3://stale/ds"):
+                assert storage.read_text("s3://stale/ds/.lock").startswith(f"pid {os.getpid()} on {host},")
+            assert f"took over the lock of a killed shard job ({holder})" in caplog.text
+            assert not storage.exists("s3://stale/ds/.lock")
+        else:
+            with pytest.raises(ShardJobError, match="being written by another shard job"):
+                with output_lock("s3://stale/ds"):
+                    pass
+            assert storage.read_text("s3://stale/ds/.lock") == holder  # left as it was
