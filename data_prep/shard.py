@@ -184,7 +184,7 @@ def _shard(sources: list[str], out: str, cfg: ShardConfig, *, progress: Callable
     if manifest.latest_version(out) is not None:
         raise ShardJobError(f"{out} already holds a dataset (version {manifest.latest_version(out)}); "
                             f"use `pvq data refresh` to update it, or choose an empty --out")
-    items = stat_sources(check_hosts(list_sources(sources, exclude=[out]), cfg.allowed_hosts), cfg.allowed_hosts)
+    items = _listed_inputs(sources, out, cfg)
     version = manifest.version_name(1)
     start_version(out, job_id(cfg, sources, None, items), version)
     storage.remove_temporaries(storage.join(out, version))
@@ -201,6 +201,11 @@ def _shard(sources: list[str], out: str, cfg: ShardConfig, *, progress: Callable
         drop_work(work)
     return JobResult(out, version, True, f"wrote {version}: {stats['samples']} samples in {stats['shards']} "
                                          f"shards, {stats['errors']} errors", stats)
+
+
+def _listed_inputs(sources: list[str], out: str, cfg: ShardConfig) -> list[dict]:
+    """The job's inputs: listed (``out`` left out), hosts checked, stat'ed (redirects checked too)."""
+    return stat_sources(check_hosts(list_sources(sources, exclude=[out]), cfg.allowed_hosts), cfg.allowed_hosts)
 
 
 def _changed(old: dict, new: dict, tmp_dir: str, allowed_hosts: list[str]) -> bool:
@@ -235,7 +240,7 @@ def _refresh(sources: list[str], out: str, cfg: ShardConfig, *, progress: Callab
              keep_work: bool) -> JobResult:
     t0 = time.time()
     prev = manifest.read_version(out)
-    items = stat_sources(check_hosts(list_sources(sources, exclude=[out]), cfg.allowed_hosts), cfg.allowed_hosts)
+    items = _listed_inputs(sources, out, cfg)
     old_sources = {s["id"]: s for s in prev["sources"]}
     new_by_id = {i["id"]: i for i in items}
     changed = {i["id"] for i in items

@@ -69,9 +69,9 @@ def shard_batches(cfg: PVQConfig, rank: int, world_size: int, start_step: int) -
         fixed = [next(loader(a, 0, 0)) for a in range(accum)]
         micro = start_step
         while True:
-            step, a = divmod(micro, accum)
-            b = fixed[a]  # fresh tensors: the trainer augments a batch in place
-            yield {**b, "video": b["video"].clone(), "mask": b["mask"].clone(), "step": step, "slot": rank * accum + a}
+            step, slot = slot_of(cfg, rank, micro)
+            b = fixed[micro % accum]  # fresh tensors: the trainer augments a batch in place
+            yield {**b, "video": b["video"].clone(), "mask": b["mask"].clone(), "step": step, "slot": slot}
             micro += 1
     loaders = [loader(a, first + (a < first_a), t.num_workers) for a in range(accum)]
     a = first_a

@@ -239,10 +239,10 @@ def test_shard_on_two_node_ray_cluster_matches_one_machine_and_survives_a_lost_n
     assert set(by_node) == set(nodes.values()), (by_node, nodes)  # both nodes processed sources
     assert sum(by_node.values()) == got["cluster"]["stats"]["sources_processed"]
     assert not set(got["local"]["stats"]["sources_by_node"]) & set(nodes.values())  # its own executor
-    # the rerun took the sources the killed run had finished (on either node) from the S3 work
-    # cache and processed the rest on the head, the only node left
     if lost_rc == 0:  # the job that lost its worker node counted every source once
         assert sum(got["lost"]["stats"]["sources_by_node"].values()) == got["lost"]["stats"]["sources_processed"]
+    # the rerun took the sources the killed run had finished (on either node) from the S3 work
+    # cache and processed the rest on the head, the only node left
     stats = got["killed"]["stats"]
     print(f"killed the driver and the worker node ({killed} processes) after {done.strip()} sources; "
           f"rerun: sources_by_node {stats['sources_by_node']}, reused {stats['sources_reused']}")

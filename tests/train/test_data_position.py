@@ -20,6 +20,9 @@ every rank of a layout is driven as the trainer drives it: rank ``r``'s micro-ba
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
+import sys
 from collections import Counter
 from functools import cache
 
@@ -28,7 +31,7 @@ import torch
 
 from data_prep import manifest, storage
 from data_prep.loader import ShardLoader, decode_sample, read_shard, step_choice
-from helpers import CONFIGS, DEBUG_CONFIG
+from helpers import CONFIGS, DEBUG_CONFIG, ROOT, trainer_env
 from pvq_model.config import load_config
 from pvq_model.train.data import shard_batches, slot_of
 
@@ -78,6 +81,14 @@ def _digest(video: torch.Tensor, mask: torch.Tensor) -> str:
     return hashlib.sha256(video.contiguous().numpy().tobytes() + mask.numpy().tobytes()).hexdigest()[:16]
 
 
+def _config(dataset: str, world: int, accum: int, *extra: str):
+    """The debug config training on ``dataset`` with ``world`` ranks (one node) x ``accum``, micro-batch MICRO."""
+    return load_config(DEBUG_CONFIG, [
+        f"train.data_path={dataset}", f"train.world_size={world}", "train.nodes=1", f"train.gpus_per_node={world}",
+        f"train.grad_accum={accum}", f"train.micro_batch={MICRO}", f"train.global_batch={MICRO * world * accum}",
+        f"train.seed={SEED}", f"data.frames=[{','.join(map(str, FRAMES))}]", *extra])
+
+
 @pytest.fixture(scope="module")
 def run(dataset):
     """``run(slots, layout, start, workers)``: {(step, slot): (bucket, frames, keys, digests)} of
@@ -88,11 +99,7 @@ def run(dataset):
     def go(slots: int, layout: tuple[int, int], start: int, workers: int = 0):
         world, accum = layout
         assert world * accum == slots
-        cfg = load_config(DEBUG_CONFIG, [
-            f"train.data_path={dataset}", f"train.world_size={world}", "train.nodes=1",
-            f"train.gpus_per_node={world}", f"train.grad_accum={accum}", f"train.micro_batch={MICRO}",
-            f"train.global_batch={MICRO * slots}", f"train.seed={SEED}", f"train.num_workers={workers}",
-            f"data.frames=[{','.join(map(str, FRAMES))}]"])
+        cfg = _config(dataset, world, accum, f"train.num_workers={workers}")
         out = {}
         for rank in range(world):
             batches = shard_batches(cfg, rank, world, start)
@@ -220,17 +227,15 @@ def test_dataloader_workers_keep_the_layout_and_the_resume(run):
 def test_fixed_batch_repeats_each_slots_first_micro_batch_on_shards(dataset):
     """``train.fixed_batch`` (an overfitting check) on shards: every step of a slot is that slot's step-0
     micro-batch, values included, in fresh tensors, with the step labels of the steps it fills."""
-    sets = [f"train.data_path={dataset}", "train.world_size=1", "train.nodes=1", "train.gpus_per_node=1",
-            "train.grad_accum=2", f"train.micro_batch={MICRO}", f"train.global_batch={MICRO * 2}",
-            f"train.seed={SEED}", f"data.frames=[{','.join(map(str, FRAMES))}]"]
-    normal = shard_batches(load_config(DEBUG_CONFIG, sets), 0, 1, 0)
+    normal = shard_batches(_config(dataset, 1, 2), 0, 1, 0)
     step0 = [next(normal) for _ in range(2)]  # slots 0 and 1 of step 0
     normal.close()
     assert len({tuple(b["key"]) for b in step0}) == 2  # the two slots hold different samples
-    got = shard_batches(load_config(DEBUG_CONFIG, [*sets, "train.fixed_batch=true"]), 0, 1, 3)  # step 1, slot 1 on
+    cfg = _config(dataset, 1, 2, "train.fixed_batch=true")
+    got = shard_batches(cfg, 0, 1, 3)  # step 1, slot 1 on
     for micro in range(3, 9):
         b = next(got)
-        step, slot = divmod(micro, 2)
+        step, slot = slot_of(cfg, 0, micro)
         ref = step0[slot]
         assert (b["step"], b["slot"], b["bucket"], b["frames"], b["key"]) == (
             step, slot, ref["bucket"], ref["frames"], ref["key"])
@@ -244,12 +249,6 @@ def test_resume_with_another_number_of_workers_is_refused(dataset, tmp_path):
     """A DataLoader worker owns every W-th step of its slot, so ``train.num_workers`` is part of the
     data position: the checkpoint records it, a resume with another value is refused with the fix, and
     the same value resumes."""
-    import json
-    import subprocess
-    import sys
-
-    from helpers import ROOT, trainer_env
-
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "pvq_model.train", "--config", str(DEBUG_CONFIG), "--out", str(out),
            "--set", f"train.data_path={dataset}", "--set", "train.data_buckets=[64x64]", "--set", "data.frames=[16]",
